@@ -1,0 +1,90 @@
+"""Differentiable Grad-CAM.
+
+Grad-CAM of class c at a conv layer with activations A (B, K, h, w):
+weights = spatial mean of d logit_c / dA, map = ReLU(sum_k weight_k * A_k).
+
+Two ways to compute it, equal where both apply:
+- `gradcam_autograd`: any layer of any model, via autograd.grad with
+  create_graph=True so a loss on the map back-propagates (double backward);
+- `gradcam_closed_form`: for a layer followed by global average pooling and a
+  linear head, d logit_c / dA = W[c] / (h*w) at every position, so the map is
+  ReLU(W[c] . A) / (h*w): no second backward pass at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-8
+
+
+def fp32(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float32 at least: maps and losses stay out of bf16/fp16 autocast."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+class CamNet(nn.Module):
+    """A classifier that also returns the activations of one of its layers.
+
+    forward(x) -> (logits, features). The activations are caught by a forward
+    hook on `layer`, so any torchvision classifier works unchanged, and the
+    model's own parameters are used (wrap it in DDP or compile it as a whole).
+    """
+
+    def __init__(self, model: nn.Module, layer: str = "layer4"):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+        try:
+            target = model.get_submodule(layer)
+        except AttributeError as e:
+            names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Sequential))]
+            raise ValueError(f"model has no layer {layer!r}; conv layers and blocks: {names[-8:]}") from e
+        self._caught: list[torch.Tensor] = []
+        self._hook = target.register_forward_hook(lambda _m, _i, out: self._caught.append(out))
+
+    def remove(self) -> None:
+        """Take the hook off the wrapped model."""
+        self._hook.remove()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._caught.clear()
+        logits = self.model(x)
+        if len(self._caught) != 1:
+            raise RuntimeError(f"layer {self.layer!r} ran {len(self._caught)} times in one forward; "
+                               "Grad-CAM needs a layer that runs exactly once")
+        return logits, self._caught.pop()
+
+    def linear_head(self) -> nn.Linear | None:
+        """The GAP + linear head that follows `layer`, if the model has that shape."""
+        fc = getattr(self.model, "fc", None)
+        pool = getattr(self.model, "avgpool", None)
+        is_gap = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+        if self.layer == "layer4" and isinstance(fc, nn.Linear) and is_gap:
+            return fc
+        return None
+
+
+def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (B, h, w) for class `target` (B,), differentiable (create_graph)."""
+    score = logits.gather(1, target[:, None]).sum()
+    grad, = torch.autograd.grad(score, feats, create_graph=True)
+    weights = fp32(grad).mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * fp32(feats)).sum(1))
+
+
+def gradcam_closed_form(feats: torch.Tensor, fc_weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (B, h, w) for a GAP + linear head: ReLU(W[target] . A) / (h*w)."""
+    h, w = feats.shape[-2:]
+    cam = torch.einsum("bkhw,bk->bhw", fp32(feats), fp32(fc_weight)[target])
+    return F.relu(cam) / (h * w)
+
+
+def normalize_heatmap(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The authors' post-processing: bilinear upsample to `size`
+    (align_corners=False), divide by (sum + 1e-8), add 1e-8 — an all-zero map
+    becomes uniform instead of NaN."""
+    up = F.interpolate(fp32(cam)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return up / (up.sum(dim=(1, 2), keepdim=True) + EPS) + EPS

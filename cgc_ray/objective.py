@@ -1,0 +1,202 @@
+"""The CGC training objective: cross-entropy + lambda * contrastive Grad-CAM consistency.
+
+Recipes (the batch keys each one reads):
+- "official" (the authors' code): "xe" (RandomResizedCrop + flip of the full
+  image), "image" (resize 256 + center crop 224: the query), "aug" (T applied
+  to "image"), "crop", "flip", "label". CE on all three views, summed.
+- "two_view" (the paper's figure, two forwards): "xe" is the query, "aug" is
+  T applied to "xe", crop boxes in pixels of "xe". CE on both views.
+- "baseline": plain CE on "xe"; no Grad-CAM work at all.
+
+Grad-CAM is taken for the class predicted on the query and used for both
+heatmaps. Each view is forwarded on its own, so BatchNorm sees per-view batch
+statistics, as in the authors' code. Heatmaps and losses are computed in fp32
+whatever the autocast dtype of the forwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contrastive import ARRANGEMENTS, NEGATIVES, info_nce, mse_consistency
+from .gradcam import CamNet, fp32, gradcam_autograd, gradcam_closed_form, normalize_heatmap
+from .transforms import check_crops, crop_resize_flip
+
+RECIPES = ("official", "two_view", "baseline")
+CAM_METHODS = ("auto", "closed_form", "autograd")
+CONSISTENCY = ("infonce", "mse")
+VIEWS = {"official": ("xe", "image", "aug"), "two_view": ("xe", "aug"), "baseline": ("xe",)}
+
+
+@dataclass
+class CGCOutput:
+    loss: torch.Tensor    # ce + lam * cgc, differentiable
+    ce: torch.Tensor      # cross-entropy summed over the recipe's views
+    cgc: torch.Tensor     # the consistency loss (0 for the baseline)
+    logits: torch.Tensor  # logits of the "xe" view, for training accuracy
+
+
+@dataclass(frozen=True)
+class CGCConfig:
+    lam: float = 1.0
+    tau: float = 0.5
+    recipe: str = "official"
+    arrangement: str = "official"  # or "paper"
+    negatives: str = "local"       # or "block", "global"
+    block_size: int | None = None  # for negatives="block"
+    consistency: str = "infonce"   # or "mse": the ablation without negatives
+    layer: str = "layer4"
+    cam: str = "auto"              # closed form where the head allows it
+    amp_dtype: torch.dtype | None = None
+
+    def __post_init__(self):
+        _one_of("recipe", self.recipe, RECIPES)
+        _one_of("arrangement", self.arrangement, ARRANGEMENTS)
+        _one_of("negatives", self.negatives, NEGATIVES)
+        _one_of("cam", self.cam, CAM_METHODS)
+        _one_of("consistency", self.consistency, CONSISTENCY)
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ValueError(f"tau (temperature) must be > 0, got {self.tau}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam (weight of the CGC loss) must be >= 0, got {self.lam}")
+        if self.negatives == "block" and (not self.block_size or self.block_size < 2):
+            raise ValueError(f"negatives='block' needs block_size >= 2, got {self.block_size}")
+
+
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], lam: float = 1.0,
+                  tau: float = 0.5, recipe: str = "official", **options) -> CGCOutput:
+    """Loss of one training step. `model` is a classifier (or a CamNet, possibly
+    wrapped in DDP or torch.compile); options are the other CGCConfig fields."""
+    cfg = CGCConfig(lam=lam, tau=tau, recipe=recipe, **options)
+    check_batch(batch, cfg)
+    with _as_camnet(model, cfg.layer) as net:
+        return _run(net, batch, cfg)
+
+
+def _run(net: nn.Module, batch: dict, cfg: CGCConfig) -> CGCOutput:
+    label = batch["label"]
+    forward = _forward(net, cfg.amp_dtype)
+    logits_xe, feats_xe = forward(batch["xe"])
+    if cfg.recipe == "baseline":
+        ce = _ce(logits_xe, label)
+        return CGCOutput(ce, ce, torch.zeros((), device=ce.device), logits_xe)
+
+    if cfg.recipe == "official":
+        query, (logits_q, feats_q) = batch["image"], forward(batch["image"])
+        extra = [logits_xe]
+    else:  # two_view: the training view itself is the query
+        query, logits_q, feats_q, extra = batch["xe"], logits_xe, feats_xe, []
+    logits_a, feats_a = forward(batch["aug"])
+
+    with _fp32_region(query):
+        ce = sum(_ce(lg, label) for lg in [*extra, logits_q, logits_a])
+        target = logits_q.detach().argmax(1)
+        cam = _cam_fn(net, cfg.cam)
+        size = tuple(query.shape[-2:])
+        orig = normalize_heatmap(cam(logits_q, feats_q, target), size)
+        aug = normalize_heatmap(cam(logits_a, feats_a, target), size)
+        moved = crop_resize_flip(orig, batch["crop"], batch["flip"])
+        cgc = _consistency(aug, moved, cfg)
+    return CGCOutput(ce + cfg.lam * cgc, ce, cgc, logits_xe)
+
+
+def _forward(net, amp_dtype):
+    def run(x):
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return net(x)
+    return run
+
+
+def _fp32_region(x: torch.Tensor):
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _ce(logits, label):
+    return F.cross_entropy(fp32(logits), label)
+
+
+def _cam_fn(net: nn.Module, method: str):
+    fc = _inner_camnet(net).linear_head()
+    if method == "closed_form" and fc is None:
+        raise ValueError("cam='closed_form' needs layer4 followed by global average pooling "
+                         "and a linear fc (a torchvision ResNet); use cam='autograd'")
+    if method == "autograd" or fc is None:
+        return gradcam_autograd
+    return lambda logits, feats, target: gradcam_closed_form(feats, fc.weight, target)
+
+
+def _consistency(aug, moved, cfg: CGCConfig):
+    if cfg.consistency == "mse":
+        return mse_consistency(aug, moved)
+    return info_nce(aug, moved, cfg.tau, cfg.arrangement, cfg.negatives, cfg.block_size)
+
+
+def _inner_camnet(net: nn.Module) -> CamNet:
+    while not isinstance(net, CamNet):
+        net = getattr(net, "module", None) or getattr(net, "_orig_mod")
+    return net
+
+
+@contextlib.contextmanager
+def _as_camnet(model: nn.Module, layer: str):
+    """`model` itself if it already is a (wrapped) CamNet, else a temporary one."""
+    try:
+        _inner_camnet(model)
+        yield model
+        return
+    except AttributeError:
+        pass
+    net = CamNet(model, layer)
+    try:
+        yield net
+    finally:
+        net.remove()
+
+
+def check_batch(batch: dict[str, torch.Tensor], cfg: CGCConfig) -> None:
+    """Shapes, dtypes and crop boxes, before any compute. Crop values are
+    checked where they are CPU tensors (on a GPU that would cost a sync)."""
+    keys = [*VIEWS[cfg.recipe], "label"] + (["crop", "flip"] if cfg.recipe != "baseline" else [])
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"recipe {cfg.recipe!r} needs batch keys {keys}; missing {missing}")
+    b = batch["label"].shape[0]
+    for k in VIEWS[cfg.recipe]:
+        x = batch[k]
+        if x.dim() != 4 or x.shape[0] != b or not x.is_floating_point():
+            raise ValueError(f"batch[{k!r}] must be float (B={b}, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if batch["label"].dim() != 1 or batch["label"].dtype != torch.int64:
+        raise ValueError(f"batch['label'] must be int64 (B,), got {batch['label'].dtype} {tuple(batch['label'].shape)}")
+    if cfg.recipe == "baseline":
+        return
+    query = batch["image" if cfg.recipe == "official" else "xe"]
+    if batch["aug"].shape != query.shape:
+        raise ValueError(f"batch['aug'] {tuple(batch['aug'].shape)} must have the query's shape {tuple(query.shape)}")
+    crop, flip = batch["crop"], batch["flip"]
+    if crop.shape != (b, 4) or crop.is_floating_point():
+        raise ValueError(f"batch['crop'] must be integer (B={b}, 4) (top, left, height, width), got {crop.dtype} {tuple(crop.shape)}")
+    if flip.shape != (b,) or flip.dtype != torch.bool:
+        raise ValueError(f"batch['flip'] must be bool (B={b},), got {flip.dtype} {tuple(flip.shape)}")
+    _check_negatives(b, cfg)
+    if crop.device.type == "cpu":
+        check_crops(crop, *query.shape[-2:], name="batch['crop']")
+
+
+def _check_negatives(b: int, cfg: CGCConfig) -> None:
+    if cfg.consistency == "mse":
+        return
+    if b < 2:
+        raise ValueError(f"a batch of {b} image has no negatives for the contrastive loss; use B >= 2")
+    if cfg.negatives == "block" and b % cfg.block_size:
+        raise ValueError(f"block_size {cfg.block_size} must divide the batch size {b}")

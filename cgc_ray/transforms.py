@@ -1,0 +1,94 @@
+"""The spatial transform T of CGC: RandomResizedCrop + horizontal flip.
+
+`sample_crop_flip` draws T's parameters on the CPU (torchvision's own sampler);
+`crop_resize_flip` applies them to a whole batch of images or heatmaps on
+their device in one gather, with no Python loop and no host synchronisation.
+The resampling reproduces `F.interpolate(crop, size, mode="bilinear",
+align_corners=False)` of each crop exactly, which is what the authors applied
+to the heatmaps one image at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import RandomResizedCrop
+
+SCALE = (0.08, 1.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+def sample_crop_flip(
+    height: int, width: int, generator: torch.Generator | None = None,
+    scale=SCALE, ratio=RATIO, flip_p: float = 0.5,
+) -> tuple[list[int], bool]:
+    """Draw one T: crop (top, left, height, width) and the flip actually applied.
+
+    The authors' data loader flipped with probability 0.25 while flagging 0.5
+    (a RandomHorizontalFlip(p=0.5) inside an `if random() > 0.5` branch), so a
+    quarter of their pairs had a flag that did not match the image. Here the
+    one draw decides both the flip and its flag.
+    """
+    with torch.random.fork_rng(enabled=generator is not None):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        top, left, h, w = RandomResizedCrop.get_params(
+            torch.empty(1, height, width), scale=list(scale), ratio=list(ratio))
+        flip = bool(torch.rand(()) < flip_p)
+    return [top, left, h, w], flip
+
+
+def _source_index(start, length, out_size: int, dtype=torch.float32):
+    """Per-sample source rows (or columns) of bilinear resampling with
+    align_corners=False, as PyTorch's upsample_bilinear2d defines them.
+
+    start, length: (B,) int tensors of the crop; returns i0, i1 (B, out) int64
+    and the weight of i1, (B, out) in `dtype`.
+    """
+    dst = torch.arange(out_size, device=start.device, dtype=dtype)
+    scale = length.to(dtype)[:, None] / out_size
+    src = (scale * (dst + 0.5) - 0.5).clamp_min(0.0)
+    i0 = src.to(torch.int64)  # floor, src >= 0
+    lam = src - i0
+    i1 = i0 + (i0 < length[:, None] - 1).to(torch.int64)
+    return start[:, None] + i0, start[:, None] + i1, lam
+
+
+def crop_resize_flip(maps: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor,
+                     size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """Crop each map to its box, resize bilinearly to `size`, flip if flagged.
+
+    maps: (B, H, W) or (B, C, H, W); crop: (B, 4) int (top, left, height,
+    width) in pixels of `maps`; flip: (B,) bool. Differentiable in `maps`.
+    """
+    squeeze = maps.dim() == 3
+    x = maps.unsqueeze(1) if squeeze else maps
+    b, c, _, w_in = x.shape
+    out_h, out_w = (x.shape[-2:] if size is None else
+                    (size, size) if isinstance(size, int) else size)
+    crop = crop.to(device=x.device, dtype=torch.int64, non_blocking=True)
+    flip = flip.to(device=x.device, dtype=torch.bool, non_blocking=True)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y0, y1, ly = _source_index(crop[:, 0], crop[:, 2], out_h, dtype)
+    x0, x1, lx = _source_index(crop[:, 1], crop[:, 3], out_w, dtype)
+    # A flip reverses the output columns: reverse the sampling grid instead.
+    rev = flip[:, None]
+    x0, x1, lx = (torch.where(rev, t.flip(-1), t) for t in (x0, x1, lx))
+
+    ly = ly.to(x.dtype)[:, None, :, None]
+    lx = lx.to(x.dtype)[:, None, None, :]
+    rows = lambda idx: x.gather(2, idx[:, None, :, None].expand(b, c, out_h, w_in))
+    r = rows(y0) * (1 - ly) + rows(y1) * ly
+    cols = lambda idx: r.gather(3, idx[:, None, None, :].expand(b, c, out_h, out_w))
+    out = cols(x0) * (1 - lx) + cols(x1) * lx
+    return out.squeeze(1) if squeeze else out
+
+
+def check_crops(crop: torch.Tensor, height: int, width: int, name: str = "crop") -> None:
+    """Reject crop boxes that leave the image (reads values: CPU tensors only)."""
+    bad = ((crop[:, 0] < 0) | (crop[:, 1] < 0) | (crop[:, 2] < 1) | (crop[:, 3] < 1)
+           | (crop[:, 0] + crop[:, 2] > height) | (crop[:, 1] + crop[:, 3] > width))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{name}[{i}] = {crop[i].tolist()} (top, left, height, width) is not "
+            f"inside the {height}x{width} image")

@@ -1,0 +1,75 @@
+"""Grad-CAM against captum's LayerGradCam, and the closed form against autograd."""
+
+import pytest
+import torch
+import torchvision
+from captum.attr import LayerGradCam
+
+from cgc_ray.gradcam import CamNet, gradcam_autograd, gradcam_closed_form, normalize_heatmap
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    return model, torch.randn(3, 3, 96, 96), torch.tensor([0, 3, 6])
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_autograd_gradcam_equals_captum(resnet, layer):
+    model, x, target = resnet
+    expected = LayerGradCam(model, model.get_submodule(layer)).attribute(
+        x, target=target, relu_attributions=True)[:, 0]
+    net = CamNet(model, layer)
+    logits, feats = net(x)
+    got = gradcam_autograd(logits, feats, target)
+    net.remove()
+    assert got.shape == expected.shape
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_closed_form_equals_captum_at_layer4(resnet):
+    model, x, target = resnet
+    expected = LayerGradCam(model, model.layer4).attribute(x, target=target, relu_attributions=True)[:, 0]
+    net = CamNet(model)
+    _, feats = net(x)
+    net.remove()
+    torch.testing.assert_close(gradcam_closed_form(feats, model.fc.weight, target), expected,
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_closed_form_and_double_backward_have_the_same_gradients():
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(num_classes=5).train()
+    x, target = torch.randn(4, 3, 64, 64), torch.tensor([1, 0, 4, 2])
+    probe = torch.randn(4, 2, 2)  # a loss that weighs every map position differently
+    grads = []
+    net = CamNet(model)
+    for method in ("autograd", "closed_form"):
+        model.zero_grad()
+        logits, feats = net(x)
+        cam = (gradcam_autograd(logits, feats, target) if method == "autograd"
+               else gradcam_closed_form(feats, model.fc.weight, target))
+        (cam * probe).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "fc.weight" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_camnet_names_a_missing_layer():
+    with pytest.raises(ValueError, match="no layer 'layer9'"):
+        CamNet(torchvision.models.resnet18(), "layer9")
+
+
+def test_normalize_heatmap_protocol():
+    cam = torch.tensor([[[1.0, 3.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = normalize_heatmap(cam, (4, 4))
+    # Hand value: the bilinear upsample of a 2x2 map to 4x4 (align_corners=False)
+    # has top-left corner equal to the source corner, and the sum of the 4x4 map is
+    # 4 * (sum of the 2x2 map) for this symmetric stencil: 16.
+    assert out[0, 0, 0] == pytest.approx(1.0 / 16 + 1e-8, rel=1e-6)
+    assert out[0].sum() == pytest.approx(1.0 + 16e-8, rel=1e-6)
+    # An all-zero map becomes uniform, not NaN.
+    torch.testing.assert_close(out[1], torch.full((4, 4), 1e-8))
