@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 import torchvision
 
@@ -36,7 +37,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def make_batch(b, size, classes, device, channels_last):
     g = torch.Generator().manual_seed(0)
-    crops, flips = zip(*(sample_crop_flip(size, size, g) for _ in range(b)))
+    rng = np.random.default_rng(0)
+    crops, flips = zip(*(sample_crop_flip(size, size, rng) for _ in range(b)))
     crop, flip = torch.tensor(crops), torch.tensor(flips)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     batch = {k: torch.randn(b, 3, size, size, generator=g).to(device, memory_format=fmt)

@@ -28,9 +28,11 @@ def fp32(t: torch.Tensor) -> torch.Tensor:
 class CamNet(nn.Module):
     """A classifier that also returns the activations of one of its layers.
 
-    forward(x) -> (logits, features). The activations are caught by a forward
-    hook on `layer`, so any torchvision classifier works unchanged, and the
-    model's own parameters are used (wrap it in DDP or compile it as a whole).
+    forward(x) -> (logits, features); forward(x1, x2, ...) -> one such pair
+    per view, each view forwarded on its own (per-view BatchNorm statistics) in
+    one call, so that DDP sees a single forward per step. The activations are
+    caught by a forward hook on `layer`, so any torchvision classifier works
+    unchanged (wrap the CamNet in DDP or compile it as a whole).
     """
 
     def __init__(self, model: nn.Module, layer: str = "layer4"):
@@ -49,7 +51,11 @@ class CamNet(nn.Module):
         """Take the hook off the wrapped model."""
         self._hook.remove()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, *more: torch.Tensor):
+        pairs = [self._one(v) for v in (x, *more)]
+        return pairs if more else pairs[0]
+
+    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._caught.clear()
         logits = self.model(x)
         if len(self._caught) != 1:

@@ -86,39 +86,36 @@ def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], lam: float =
 
 def _run(net: nn.Module, batch: dict, cfg: CGCConfig) -> CGCOutput:
     label = batch["label"]
-    forward = _forward(net, cfg.amp_dtype)
-    logits_xe, feats_xe = forward(batch["xe"])
-    if cfg.recipe == "baseline":
-        ce = _ce(logits_xe, label)
-        return CGCOutput(ce, ce, torch.zeros((), device=ce.device), logits_xe)
-
-    if cfg.recipe == "official":
-        query, (logits_q, feats_q) = batch["image"], forward(batch["image"])
-        extra = [logits_xe]
-    else:  # two_view: the training view itself is the query
-        query, logits_q, feats_q, extra = batch["xe"], logits_xe, feats_xe, []
-    logits_a, feats_a = forward(batch["aug"])
-
-    with _fp32_region(query):
-        ce = sum(_ce(lg, label) for lg in [*extra, logits_q, logits_a])
-        target = logits_q.detach().argmax(1)
-        cam = _cam_fn(net, cfg.cam)
-        size = tuple(query.shape[-2:])
-        orig = normalize_heatmap(cam(logits_q, feats_q, target), size)
-        aug = normalize_heatmap(cam(logits_a, feats_a, target), size)
-        moved = crop_resize_flip(orig, batch["crop"], batch["flip"])
-        cgc = _consistency(aug, moved, cfg)
+    views = [batch[k] for k in VIEWS[cfg.recipe]]
+    with torch.autocast(views[0].device.type, dtype=cfg.amp_dtype, enabled=cfg.amp_dtype is not None):
+        outs = net(*views) if len(views) > 1 else [net(views[0])]
+    logits_xe = outs[0][0]
+    with _fp32_region(views[0]):
+        ce = sum(_ce(logits, label) for logits, _ in outs)
+        if cfg.recipe == "baseline":
+            return CGCOutput(ce, ce, torch.zeros((), device=ce.device), logits_xe)
+        query = batch["image" if cfg.recipe == "official" else "xe"]
+        cgc = heatmap_consistency(net, outs[-2], outs[-1], batch["crop"], batch["flip"],
+                                  tuple(query.shape[-2:]), cfg)
     return CGCOutput(ce + cfg.lam * cgc, ce, cgc, logits_xe)
 
 
-def _forward(net, amp_dtype):
-    def run(x):
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return net(x)
-    return run
+def heatmap_consistency(net: nn.Module, query_out, aug_out, crop, flip, size, cfg: CGCConfig) -> torch.Tensor:
+    """L_CGC from the (logits, features) of the query and of its augmented view.
+
+    Grad-CAM of the class predicted on the query, for both; the query's map
+    moved by T (crop, flip) is the positive of the augmented view's map.
+    """
+    with _fp32_region(query_out[0]):
+        target = query_out[0].detach().argmax(1)
+        cam = _cam_fn(net, cfg.cam)
+        orig = normalize_heatmap(cam(*query_out, target), size)
+        aug = normalize_heatmap(cam(*aug_out, target), size)
+        return _consistency(aug, crop_resize_flip(orig, crop, flip), cfg)
 
 
 def _fp32_region(x: torch.Tensor):
+    """No autocast: heatmaps, their normalisation and the losses stay in fp32."""
     return torch.autocast(x.device.type, enabled=False)
 
 

@@ -1,6 +1,6 @@
 """The spatial transform T of CGC: RandomResizedCrop + horizontal flip.
 
-`sample_crop_flip` draws T's parameters on the CPU (torchvision's own sampler);
+`sample_crop_flip` draws T's parameters on the CPU (torchvision's algorithm);
 `crop_resize_flip` applies them to a whole batch of images or heatmaps on
 their device in one gather, with no Python loop and no host synchronisation.
 The resampling reproduces `F.interpolate(crop, size, mode="bilinear",
@@ -10,17 +10,42 @@ to the heatmaps one image at a time.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
-from torchvision.transforms import RandomResizedCrop
 
 SCALE = (0.08, 1.0)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
-def sample_crop_flip(
-    height: int, width: int, generator: torch.Generator | None = None,
-    scale=SCALE, ratio=RATIO, flip_p: float = 0.5,
-) -> tuple[list[int], bool]:
+def random_resized_crop(height: int, width: int, rng: np.random.Generator,
+                        scale=SCALE, ratio=RATIO) -> list[int]:
+    """RandomResizedCrop's box (top, left, height, width): torchvision's
+    algorithm (10 tries of area and log-uniform aspect ratio, then a center
+    crop clamped to the ratio range), drawn from a numpy Generator so each
+    process and epoch can have its own stream."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return [int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w]
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return [(height - h) // 2, (width - w) // 2, h, w]
+
+
+def sample_crop_flip(height: int, width: int, rng: np.random.Generator,
+                     scale=SCALE, ratio=RATIO, flip_p: float = 0.5) -> tuple[list[int], bool]:
     """Draw one T: crop (top, left, height, width) and the flip actually applied.
 
     The authors' data loader flipped with probability 0.25 while flagging 0.5
@@ -28,13 +53,7 @@ def sample_crop_flip(
     quarter of their pairs had a flag that did not match the image. Here the
     one draw decides both the flip and its flag.
     """
-    with torch.random.fork_rng(enabled=generator is not None):
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
-        top, left, h, w = RandomResizedCrop.get_params(
-            torch.empty(1, height, width), scale=list(scale), ratio=list(ratio))
-        flip = bool(torch.rand(()) < flip_p)
-    return [top, left, h, w], flip
+    return random_resized_crop(height, width, rng, scale, ratio), bool(rng.random() < flip_p)
 
 
 def _source_index(start, length, out_size: int, dtype=torch.float32):

@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -16,7 +17,8 @@ from cgc_ray.transforms import sample_crop_flip
 
 def make_batch(b, size, classes, seed=0, query="image", dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    crops, flips = zip(*(sample_crop_flip(size, size, g) for _ in range(b)))
+    rng = np.random.default_rng(seed)
+    crops, flips = zip(*(sample_crop_flip(size, size, rng) for _ in range(b)))
     crop, flip = torch.tensor(crops), torch.tensor(flips)
     batch = {k: torch.randn(b, 3, size, size, generator=g, dtype=dtype) for k in ("xe", "image")}
     # The augmented view made independently, with torchvision, from the query.

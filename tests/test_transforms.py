@@ -1,16 +1,19 @@
 """The batched heatmap/image transform against per-image torch/torchvision calls."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from cgc_ray.transforms import check_crops, crop_resize_flip, sample_crop_flip
+from torchvision.transforms import RandomResizedCrop
+
+from cgc_ray.transforms import check_crops, crop_resize_flip, random_resized_crop, sample_crop_flip
 
 
 def _draws(n, size, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    crops, flips = zip(*(sample_crop_flip(size, size, g) for _ in range(n)))
+    rng = np.random.default_rng(seed)
+    crops, flips = zip(*(sample_crop_flip(size, size, rng) for _ in range(n)))
     return torch.tensor(crops), torch.tensor(flips)
 
 
@@ -60,6 +63,22 @@ def test_sampled_crops_follow_random_resized_crop_and_flip_half_the_time():
     assert aspect.min() >= 0.75 - 0.05 and aspect.max() <= 4 / 3 + 0.05
     # p = 0.5 (not the authors' effective 0.25): 4000 draws, 6 sigma = 0.047.
     assert abs(flip.float().mean().item() - 0.5) < 0.047
+
+
+@pytest.mark.parametrize("h,w", [(224, 224), (120, 400), (500, 90)])
+def test_crop_distribution_matches_torchvision(h, w):
+    """Same algorithm as torchvision's RandomResizedCrop.get_params: compare the
+    distributions of area fraction and aspect ratio over many draws."""
+    torch.manual_seed(0)
+    ref = torch.tensor([RandomResizedCrop.get_params(torch.empty(1, h, w), [0.08, 1.0], [3 / 4, 4 / 3])
+                        for _ in range(3000)], dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    got = torch.tensor([random_resized_crop(h, w, rng) for _ in range(3000)], dtype=torch.float64)
+    for stat in (lambda c: c[:, 2] * c[:, 3] / (h * w), lambda c: c[:, 3] / c[:, 2],
+                 lambda c: (c[:, 0] + c[:, 2] / 2) / h):
+        a, b = stat(got), stat(ref)
+        assert abs(a.mean() - b.mean()) < 0.03 * b.mean().abs() + 0.01
+        assert abs(a.std() - b.std()) < 0.08 * b.std() + 0.01
 
 
 def test_same_generator_seed_same_draws():
