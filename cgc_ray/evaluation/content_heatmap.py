@@ -1,0 +1,246 @@
+"""Content Heatmap (CH): the share of a Grad-CAM heatmap that lies inside the
+ground-truth boxes of the image's class (CGC paper, Table 2).
+
+The authors' protocol (TorchRay/torchray/benchmark/
+evaluate_imagenet_gradcam_energy_inside_bbox.py, run with input_resize 448):
+
+1. resize the image so that its short side is 448 (no crop), normalise;
+2. Grad-CAM of the ground-truth class at `layer4`, model in eval mode;
+3. divide the map by (sum + 1e-8) and add 1e-8, upsample it bilinearly
+   (align_corners=False) to the ORIGINAL image size, divide by its sum;
+4. CH = the mass of that map inside the union of the class's boxes.
+
+Their script skipped maps that summed to <= 0, which the + 1e-8 rules out: an
+all-zero map becomes uniform and scores the area fraction of the boxes, and
+every image counts, here as there. They resized the input with PIL and the map
+with cv2; here both use torch (torchvision's tensor `resize`, antialias=True,
+and `F.interpolate`, the same half-pixel bilinear as cv2 for upsampling).
+
+`protocol="center_crop"` is the usual ImageNet view instead: resize 256,
+centre-crop 224, boxes mapped into the crop and clipped, CH on the 224 map;
+`protocol="squash"` resizes to 224x224 (RISE's preprocessing).
+
+Boxes are [x0, y0, x1, y1], 0-based half-open pixel edges in ORIGINAL image
+pixels; a pixel counts as inside when its centre is, i.e. x0 <= x < x1 and
+y0 <= y < y1 for integer edges. Boxes that leave the image are clamped to it
+and counted.
+
+`content_heatmap_single` is the reference (one image per forward);
+`content_heatmap` groups the images by input shape and runs each group in
+batches on the model's device, with the same results.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch import nn
+
+from cgc_ray.gradcam import EPS, CamNet, gradcam_autograd, gradcam_closed_form
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+PROTOCOLS = ("resize", "center_crop", "squash")
+
+
+@dataclass
+class ContentHeatmapResult:
+    ch: torch.Tensor  # (N,) float64, CH of each image in [0, 1]
+    clamped: int      # boxes that had to be clamped to their image
+
+    @property
+    def mean_percent(self) -> float:
+        return 100.0 * float(self.ch.mean())
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image goes under a protocol: `resize` (h, w) after resizing,
+    `crop` (top, left, h, w) of the model input in the resized image, `heat`
+    (h, w) the size at which the heatmap is scored."""
+    resize: tuple[int, int]
+    crop: tuple[int, int, int, int]
+    heat: tuple[int, int]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.crop[2], self.crop[3]
+
+
+def _short_side(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(size) output (h, w): short side `size`, long side floored."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def geometry(height: int, width: int, protocol: str = "resize",
+             short_side: int = 448, resize: int = 256, crop: int = 224) -> Geometry:
+    """The `Geometry` of an image of size (height, width) under `protocol`."""
+    if protocol == "resize":
+        h, w = _short_side(height, width, short_side)
+        return Geometry((h, w), (0, 0, h, w), (height, width))
+    if protocol == "center_crop":
+        h, w = _short_side(height, width, resize)
+        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))  # as TF.center_crop
+        return Geometry((h, w), (top, left, crop, crop), (crop, crop))
+    if protocol == "squash":
+        return Geometry((crop, crop), (0, 0, crop, crop), (crop, crop))
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def image_size(image) -> tuple[int, int]:
+    """(H, W) of a uint8 (H, W, 3) image or a float (3, H, W) tensor."""
+    t = torch.as_tensor(image)
+    return tuple(t.shape[:2]) if t.dtype == torch.uint8 else tuple(t.shape[-2:])
+
+
+def preprocess(image, geom: Geometry, device=None) -> torch.Tensor:
+    """The normalised model input (3, h, w): resize (bilinear, antialias), crop, normalise.
+
+    image: uint8 (H, W, 3) array or tensor, or float (3, H, W) tensor in [0, 1].
+    """
+    x = torch.as_tensor(image).to(device)
+    x = x.permute(2, 0, 1).float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = TF.resize(x, list(geom.resize), antialias=True)
+    top, left, h, w = geom.crop
+    return TF.normalize(x[:, top:top + h, left:left + w], MEAN, STD)
+
+
+def clamp_boxes(boxes, height: int, width: int) -> tuple[torch.Tensor, int]:
+    """Boxes (n, 4) clamped to the image, float64, and how many needed it."""
+    b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    out = b.clone()
+    out[:, 0::2] = b[:, 0::2].clamp(0, width)
+    out[:, 1::2] = b[:, 1::2].clamp(0, height)
+    return out, int((out != b).any(1).sum())
+
+
+def box_mask(boxes: torch.Tensor, height: int, width: int, device=None) -> torch.Tensor:
+    """Union of boxes (n, 4) as a (height, width) bool mask, by pixel centres."""
+    b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    ys = torch.arange(height, dtype=torch.float64) + 0.5
+    xs = torch.arange(width, dtype=torch.float64) + 0.5
+    in_y = ((ys >= b[:, 1:2]) & (ys < b[:, 3:4])).to(device)  # (n, H)
+    in_x = ((xs >= b[:, 0:1]) & (xs < b[:, 2:3])).to(device)  # (n, W)
+    return (in_y[:, :, None] & in_x[:, None, :]).any(0)
+
+
+def heatmap_boxes(boxes, size: tuple[int, int], geom: Geometry) -> tuple[torch.Tensor, int]:
+    """Boxes from original pixels to heatmap pixels, clipped; and the clamp count."""
+    (height, width), (rh, rw), (top, left, ch, cw), (hh, hw) = size, geom.resize, geom.crop, geom.heat
+    b, clamped = clamp_boxes(boxes, height, width)
+    b[:, 0::2] = ((b[:, 0::2] * (rw / width) - left) * (hw / cw)).clamp(0, hw)
+    b[:, 1::2] = ((b[:, 1::2] * (rh / height) - top) * (hh / ch)).clamp(0, hh)
+    return b, clamped
+
+
+def content(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mass inside `mask` (H, W) of the authors' normalised heatmap of `cam` (h, w)."""
+    low = cam / (cam.sum() + EPS) + EPS
+    up = F.interpolate(low[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+    up = up.double()
+    return (up * mask).sum() / up.sum()
+
+
+@contextmanager
+def evaluating(model: nn.Module, bn_train: bool = False):
+    """Run `model` in eval mode (BatchNorm in train mode if `bn_train`, its
+    running statistics restored afterwards); every module's mode is restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    bns = [m for m in model.modules() if bn_train and isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers()] for m in bns]
+    model.eval()
+    for m in bns:
+        m.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, bufs in zip(bns, saved):
+                for b, s in zip(m.buffers(), bufs):
+                    b.copy_(s)
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def cam_net(model: nn.Module, layer: str = "layer4"):
+    """A `CamNet` on `model`, its hook removed on exit."""
+    net = CamNet(model, layer)
+    try:
+        yield net
+    finally:
+        net.remove()
+
+
+def class_gradcam(net: CamNet, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and Grad-CAM (B, h, w) of class `target`, detached: closed form
+    where `net` has a GAP + linear head after its layer, else autograd."""
+    fc = net.linear_head()
+    if fc is not None:
+        with torch.no_grad():
+            logits, feats = net(x)
+            return logits, gradcam_closed_form(feats, fc.weight, target)
+    with torch.enable_grad():
+        logits, feats = net(x.detach().requires_grad_())
+        cam = gradcam_autograd(logits, feats, target)
+    return logits.detach(), cam.detach()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def content_heatmap_single(model: nn.Module, image, boxes, label: int, *, layer: str = "layer4",
+                           protocol: str = "resize", short_side: int = 448,
+                           eval_mode: bool = True) -> tuple[float, int]:
+    """CH of one image, one forward: (CH in [0, 1], number of boxes clamped)."""
+    device = model_device(model)
+    size = image_size(image)
+    geom = geometry(*size, protocol=protocol, short_side=short_side)
+    boxes, clamped = heatmap_boxes(boxes, size, geom)
+    with (evaluating(model) if eval_mode else nullcontext()), cam_net(model, layer) as net:
+        x = preprocess(image, geom, device)[None]
+        _, cam = class_gradcam(net, x, torch.tensor([int(label)], device=device))
+    return float(content(cam[0], box_mask(boxes, *geom.heat, device))), clamped
+
+
+def content_heatmap(model: nn.Module, images, boxes, labels, *, layer: str = "layer4",
+                    protocol: str = "resize", short_side: int = 448, batch_size: int = 32,
+                    eval_mode: bool = True) -> ContentHeatmapResult:
+    """CH of many images: images with the same input shape run as one batch
+    (up to `batch_size`) on the model's device; equal to `content_heatmap_single`.
+
+    images: sequence of uint8 (H, W, 3) arrays/tensors or float (3, H, W)
+    tensors; boxes: per image an (n, 4) array of its class's boxes; labels:
+    the ground-truth classes. `eval_mode=False` keeps the model's own mode (in
+    train mode BatchNorm makes a map depend on its batch mates).
+    """
+    device = model_device(model)
+    sizes = [image_size(im) for im in images]
+    geoms = [geometry(*s, protocol=protocol, short_side=short_side) for s in sizes]
+    buckets = defaultdict(list)
+    for i, g in enumerate(geoms):
+        buckets[g.input_size].append(i)
+    ch = torch.empty(len(images), dtype=torch.float64)
+    clamped = 0
+    with (evaluating(model) if eval_mode else nullcontext()), cam_net(model, layer) as net:
+        for bucket in buckets.values():
+            for chunk in (bucket[s:s + batch_size] for s in range(0, len(bucket), batch_size)):
+                x = torch.stack([preprocess(images[i], geoms[i], device) for i in chunk])
+                target = torch.tensor([int(labels[i]) for i in chunk], device=device)
+                _, cams = class_gradcam(net, x, target)
+                scores = []
+                for i, cam in zip(chunk, cams):
+                    b, n = heatmap_boxes(boxes[i], sizes[i], geoms[i])
+                    clamped += n
+                    scores.append(content(cam, box_mask(b, *geoms[i].heat, device)))
+                ch[chunk] = torch.stack(scores).cpu()
+    return ContentHeatmapResult(ch, clamped)
