@@ -1,0 +1,35 @@
+"""From a batch of uint8 views (as Ray Data hands them) to the objective's
+float batch on the training device (Ray-free)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..transforms import crop_resize_flip
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+IMAGE_KEYS = ("xe", "image")
+
+
+def normalize(images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float, ImageNet mean/std, on `device`."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def to_device(batch: dict, recipe: str, device, channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """The objective's batch: normalised views, "aug" made here from the query
+    with T's parameters, labels on the device; crop/flip stay on the CPU (the
+    objective checks them there without a host sync and moves them itself)."""
+    out = {k: normalize(torch.as_tensor(batch[k]), device, channels_last) for k in IMAGE_KEYS if k in batch}
+    out["label"] = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
+    if "crop" in batch:
+        out["crop"], out["flip"] = torch.as_tensor(batch["crop"]), torch.as_tensor(batch["flip"])
+        query = out["image" if "image" in out else "xe"]
+        out["aug"] = crop_resize_flip(query, out["crop"], out["flip"]).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return out

@@ -1,0 +1,79 @@
+"""Per-data-set indexers: raw layout in object storage -> Manifest.
+
+An indexer is `fn(root_uri, split, options) -> Manifest`, registered by name;
+a new data set is one new module here. `load_or_build` caches the manifest
+next to the data (or at a path the user gives).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Callable
+
+from ..manifest import Manifest, read, write
+from ..storage import StorageOptions, exists, split_uri
+
+log = logging.getLogger(__name__)
+Indexer = Callable[[str, str, StorageOptions], Manifest]
+INDEXERS: dict[str, Indexer] = {}
+_MODULES = ("imagenet", "folder", "embedded", "cub", "aircraft", "cars", "flowers")
+
+
+def register(name: str):
+    def add(fn: Indexer) -> Indexer:
+        INDEXERS[name] = fn
+        return fn
+    return add
+
+
+def get_indexer(name: str) -> Indexer:
+    for module in _MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+    if name not in INDEXERS:
+        raise ValueError(f"unknown data set kind {name!r}; known: {sorted(INDEXERS)}")
+    return INDEXERS[name]
+
+
+def default_manifest_uri(dataset: str, root: str, split: str) -> str:
+    return f"{root.rstrip('/')}/_cgc_manifests/{dataset}-{split}.parquet"
+
+
+def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None = None,
+                  options: StorageOptions = StorageOptions(), rebuild: bool = False) -> tuple[Manifest, str]:
+    """The split's manifest and where it is stored: read if cached, else indexed and written.
+
+    The default place is `<root>/_cgc_manifests/`; where the data is read-only
+    the manifest goes to the local cache instead (CGC_RAY_CACHE or ~/.cache/cgc_ray).
+    """
+    indexer = get_indexer(dataset)
+    uri = manifest_uri or default_manifest_uri(dataset, root, split)
+    if not rebuild and exists(uri, options):
+        return read(uri, options), uri
+    manifest = indexer(root, split, options)
+    try:
+        write(manifest, uri, options)
+    except OSError as e:
+        if manifest_uri:
+            raise OSError(f"cannot write the manifest to {manifest_uri}: {e}") from e
+        uri = _local_fallback(dataset, root, split)
+        log.warning("data at %s is not writable (%s); manifest cached at %s", root, e, uri)
+        write(manifest, uri, options)
+    log.info("indexed %s %s: %d images, %d classes -> %s", dataset, split, len(manifest),
+             len(manifest.classes), uri)
+    return manifest, uri
+
+
+def _local_fallback(dataset, root, split):
+    import hashlib  # noqa: PLC0415
+
+    base = os.environ.get("CGC_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cgc_ray")
+    tag = hashlib.sha1(root.encode()).hexdigest()[:12]
+    return os.path.join(base, "manifests", f"{dataset}-{split}-{tag}.parquet")
+
+
+def child(root: str, *parts: str) -> str:
+    """`root` joined with relative parts, keeping its scheme."""
+    scheme, _ = split_uri(root)
+    return "/".join([root.rstrip("/"), *parts]) if scheme else os.path.join(root, *parts)

@@ -1,0 +1,91 @@
+"""A manifest: one split of a data set as a Parquet table, the only thing the
+rest of the system reads.
+
+Columns: uri (string), label (int32), class_name (string), boxes (list of
+[x0, y0, x1, y1] float32, 0-based pixel edges, half-open, in the original
+image; only the boxes of the image's own class; null where the set has none),
+width/height (int32, from the annotation, null if unknown). The class list,
+data set name, split and root are stored in the schema metadata.
+
+A VOC/ImageNet XML box (xmin, ymin, xmax, ymax), 1-based and inclusive,
+becomes [xmin - 1, ymin - 1, xmax, ymax].
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import StorageOptions, read_bytes, write_bytes
+
+SCHEMA = pa.schema([
+    ("uri", pa.string()),
+    ("label", pa.int32()),
+    ("class_name", pa.string()),
+    ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+])
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    table: pa.Table
+    classes: list[str]
+    dataset: str
+    split: str
+    root: str
+
+    def __len__(self):
+        return self.table.num_rows
+
+    @property
+    def has_boxes(self) -> bool:
+        return self.table.column("boxes").null_count < self.table.num_rows
+
+
+def voc_to_edges(xmin, ymin, xmax, ymax) -> list[float]:
+    return [float(xmin) - 1, float(ymin) - 1, float(xmax), float(ymax)]
+
+
+def build(rows: list[dict], classes: list[str], dataset: str, split: str, root: str) -> Manifest:
+    """A manifest from row dicts (uri, label, and optionally boxes/width/height)."""
+    if not rows:
+        raise ValueError(f"{dataset} {split}: no images found under {root}")
+    for r in rows:
+        if not 0 <= r["label"] < len(classes):
+            raise ValueError(f"{r['uri']}: label {r['label']} is not one of the {len(classes)} classes")
+    columns = {
+        "uri": [r["uri"] for r in rows],
+        "label": [r["label"] for r in rows],
+        "class_name": [classes[r["label"]] for r in rows],
+        "boxes": [r.get("boxes") for r in rows],
+        "width": [r.get("width") for r in rows],
+        "height": [r.get("height") for r in rows],
+    }
+    return Manifest(pa.table(columns, schema=SCHEMA), list(classes), dataset, split, root)
+
+
+def write(manifest: Manifest, uri: str, options: StorageOptions = StorageOptions()) -> None:
+    meta = {"classes": manifest.classes, "dataset": manifest.dataset, "split": manifest.split,
+            "root": manifest.root, "format": FORMAT_VERSION}
+    table = manifest.table.replace_schema_metadata({"cgc_ray": json.dumps(meta)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes(uri, buf.getvalue(), options)
+
+
+def read(uri: str, options: StorageOptions = StorageOptions()) -> Manifest:
+    table = pq.read_table(io.BytesIO(read_bytes(uri, options)))
+    raw = (table.schema.metadata or {}).get(b"cgc_ray")
+    if raw is None:
+        raise ValueError(f"{uri} is not a cgc_ray manifest (no 'cgc_ray' schema metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{uri}: manifest format {meta.get('format')}, this version reads {FORMAT_VERSION}; rebuild it")
+    return Manifest(table.cast(SCHEMA), meta["classes"], meta["dataset"], meta["split"], meta["root"])

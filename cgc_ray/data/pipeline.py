@@ -1,0 +1,166 @@
+"""Ray Data input: manifest -> shuffled rows -> bytes from storage -> decoded views.
+
+The rows are shuffled each epoch (every execution of the dataset) from a base
+seed; a Ray Train `TorchTrainer` splits the dataset into equal shards per
+worker (`get_dataset_shard`), so DDP ranks always see the same number of
+batches. Unreadable images are skipped, logged and counted in a ledger actor;
+past `max_bad_images` the epoch fails with a message that says so.
+
+The object-store footprint is capped by `object_store_limit` (bytes) through
+the execution options that Ray Train applies to the dataset shards
+(`data_config`), and by the small uint8 blocks the views are stored as.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.data import ExecutionOptions, ExecutionResources, RandomSeedConfig
+
+from ..transforms import sample_crop_flip
+from .storage import StorageOptions, read_bytes, resolve
+from .views import RECIPE_VIEWS, BadImage, decode_rgb, train_views, val_view
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    image_size: int = 224
+    resize_size: int = 256
+    seed: int = 0
+    decode_batch: int = 32           # rows per decode task batch
+    read_threads: int = 16           # concurrent object reads per task
+    max_bad_images: int = 1000       # skipped images allowed before the run fails
+    object_store_limit: int | None = None  # bytes; None = Ray Data's default share
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    ledger: str | None = None        # name of the BadImageLedger actor (None: log only)
+
+
+class TooManyBadImages(RuntimeError):
+    pass
+
+
+@ray.remote(num_cpus=0)
+class BadImageLedger:
+    """Counts and remembers (the first 1,000) images that could not be read."""
+
+    def __init__(self):
+        self.count, self.examples = 0, []
+
+    def record(self, items: list[tuple[str, str]]) -> int:
+        self.count += len(items)
+        self.examples.extend(items[: max(0, 1000 - len(self.examples))])
+        return self.count
+
+    def summary(self) -> dict:
+        return {"skipped_images": self.count, "examples": self.examples[:20]}
+
+
+def open_ledger(name: str):
+    return BadImageLedger.options(name=name, get_if_exists=True).remote()
+
+
+def _fetch_decode(uris, settings: DataSettings):
+    """Decoded RGB images (None where unreadable) and the (uri, reason) of the failures."""
+    def one(uri):
+        try:
+            return decode_rgb(read_bytes(uri, settings.storage)), None
+        except (OSError, BadImage) as e:
+            return None, (uri, f"{type(e).__name__}: {e}")
+
+    with ThreadPoolExecutor(settings.read_threads) as pool:
+        results = list(pool.map(one, uris))
+    bad = [r[1] for r in results if r[1] is not None]
+    if bad:
+        _report(bad, settings)
+    return [r[0] for r in results], bad
+
+
+def _report(bad, settings: DataSettings):
+    for uri, reason in bad:
+        log.warning("skipping unreadable image %s (%s)", uri, reason)
+    if settings.ledger is None:
+        return
+    total = ray.get(ray.get_actor(settings.ledger).record.remote(bad))
+    if total > settings.max_bad_images:
+        raise TooManyBadImages(
+            f"{total} images could not be read (limit max_bad_images={settings.max_bad_images}); "
+            f"latest: {bad[-1][0]} ({bad[-1][1]})")
+
+
+def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
+    images, _ = _fetch_decode(batch["uri"], settings)
+    rng = np.random.default_rng()  # a fresh stream per task: augmentations differ every epoch
+    keep = [i for i, img in enumerate(images) if img is not None]
+    views = [train_views(images[i], recipe, settings.image_size, settings.resize_size, rng) for i in keep]
+    columns = _columns(RECIPE_VIEWS[recipe], recipe != "baseline", settings.image_size)
+    return _stack(views, batch, keep, columns)
+
+
+def _val_batch(batch: dict, settings: DataSettings) -> dict:
+    images, _ = _fetch_decode(batch["uri"], settings)
+    keep = [i for i, img in enumerate(images) if img is not None]
+    views = []
+    for i in keep:
+        image, _boxes = val_view(images[i], None, settings.resize_size, settings.image_size)
+        # T for the validation CGC loss: fixed per image, so epochs are comparable.
+        rng = np.random.default_rng([settings.seed, zlib.crc32(batch["uri"][i].encode())])
+        crop, flip = sample_crop_flip(settings.image_size, settings.image_size, rng)
+        views.append({"image": image, "crop": np.asarray(crop, dtype=np.int64), "flip": flip})
+    return _stack(views, batch, keep, _columns(("image",), True, settings.image_size))
+
+
+def _columns(images: tuple[str, ...], with_t: bool, size: int) -> dict:
+    """Column name -> (per-row shape, dtype)."""
+    cols = {k: ((size, size, 3), np.uint8) for k in images}
+    if with_t:
+        cols.update(crop=((4,), np.int64), flip=((), np.bool_))
+    return cols
+
+
+def _stack(views: list[dict], batch: dict, keep: list[int], columns: dict) -> dict:
+    """Columns of the kept rows; typed empty columns when every row was skipped."""
+    out = {k: (np.stack([v[k] for v in views]).astype(dtype) if views else np.zeros((0, *shape), dtype))
+           for k, (shape, dtype) in columns.items()}
+    out["label"] = np.asarray(batch["label"], dtype=np.int64)[keep]
+    out["uri"] = np.asarray(batch["uri"], dtype=object)[keep]
+    return out
+
+
+def _rows(manifest_uri: str, settings: DataSettings):
+    fs, path = resolve(manifest_uri, settings.storage)
+    return ray.data.read_parquet(path, filesystem=fs, columns=["uri", "label"])
+
+
+def train_dataset(manifest_uri: str, recipe: str, settings: DataSettings) -> ray.data.Dataset:
+    """Shuffled (a new order each epoch, reproducible from the seed) training views."""
+    if recipe not in RECIPE_VIEWS:
+        raise ValueError(f"recipe must be one of {sorted(RECIPE_VIEWS)}, got {recipe!r}")
+    seed = RandomSeedConfig(seed=settings.seed, reseed_after_execution=True)
+    return (_rows(manifest_uri, settings)
+            .random_shuffle(seed=seed)
+            .repartition(target_num_rows_per_block=settings.decode_batch)
+            .map_batches(_train_batch, batch_size=settings.decode_batch,
+                         fn_kwargs={"recipe": recipe, "settings": settings}))
+
+
+def val_dataset(manifest_uri: str, settings: DataSettings) -> ray.data.Dataset:
+    """Center-crop views in manifest order, with a fixed T per image."""
+    return (_rows(manifest_uri, settings)
+            .repartition(target_num_rows_per_block=settings.decode_batch)
+            .map_batches(_val_batch, batch_size=settings.decode_batch, fn_kwargs={"settings": settings}))
+
+
+def data_config(settings: DataSettings) -> "ray.train.DataConfig":
+    """Ray Train's dataset config: split every dataset equally, with the
+    object-store cap applied to the shards' execution."""
+    options = ExecutionOptions()
+    if settings.object_store_limit:
+        options.resource_limits = ExecutionResources(object_store_memory=settings.object_store_limit)
+    return ray.train.DataConfig(execution_options=options)
