@@ -1,43 +1,30 @@
-"""Train a classifier with CGC. (Placeholder until the Ray Train service lands:
-runs a few official-recipe steps of a small ResNet on the embedded data set.)"""
+"""Train a classifier with CGC (or the baseline) on Ray Train.
 
-import random
+    python jobs/imagenet.py                                  # embedded data, 2 CPU workers, minutes
+    ray job submit --working-dir . -- python jobs/imagenet.py \
+        --dataset imagenet --data s3://bucket/ILSVRC2012 --arch resnet50 \
+        --num-workers 16 --use-gpu --precision bf16 --channels-last --name r50-cgc
 
-import torch
-import torchvision
-import torchvision.transforms as T
-from PIL import Image
+Every option of cgc_ray.train.config.TrainConfig is a flag (--help) or a key of
+a YAML file given with --config.
+"""
 
-from cgc_ray.data.embedded import CLASSES, ensure_embedded
-from cgc_ray.objective import cgc_objective
-from cgc_ray.transforms import crop_resize_flip, sample_crop_flip
+import logging
+import sys
+
+from cgc_ray.train.config import ConfigError, parse
+from cgc_ray.train.service import run
 
 
-def main(steps=5, batch_size=16, size=112):
-    root = ensure_embedded()
-    wnids = [w for w, _ in CLASSES]
-    files = [(p, wnids.index(p.parent.name)) for p in sorted((root / "train").glob("*/*.JPEG"))]
-    random.Random(0).shuffle(files)
-    xe_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
-    img_tf = T.Compose([T.Resize(size * 8 // 7), T.CenterCrop(size), T.ToTensor()])
-    model = torchvision.models.resnet18(num_classes=len(CLASSES))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    for step in range(steps):
-        chunk = files[step * batch_size:(step + 1) * batch_size]
-        images = [Image.open(p).convert("RGB") for p, _ in chunk]
-        crops, flips = zip(*(sample_crop_flip(size, size) for _ in chunk))
-        batch = {"xe": torch.stack([xe_tf(i) for i in images]),
-                 "image": torch.stack([img_tf(i) for i in images]),
-                 "crop": torch.tensor(crops), "flip": torch.tensor(flips),
-                 "label": torch.tensor([y for _, y in chunk])}
-        batch["aug"] = crop_resize_flip(batch["image"], batch["crop"], batch["flip"])
-        out = cgc_objective(model, batch, lam=1.0, tau=0.5, recipe="official")
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        print(f"step {step}: loss {out.loss.item():.3f} ce {out.ce.item():.3f} cgc {out.cgc.item():.3f}")
-    print(f"embedded data set: {root}")
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(parse(argv))
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

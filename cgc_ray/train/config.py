@@ -1,0 +1,181 @@
+"""Training configuration: the paper's recipes as presets, every value
+overridable from a YAML file or the command line, checked before any worker
+starts."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+
+import torchvision
+import yaml
+
+from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
+
+PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "embedded"          # indexer: embedded, imagenet, cub, folder, aircraft, cars, flowers
+    data: str | None = None            # root of the raw data (local path or s3://...); None: embedded cache
+    train_split: str = "train"
+    val_split: str = "val"
+    manifest_dir: str | None = None    # where manifests are cached (default: next to the data)
+    s3_endpoint: str | None = None     # overrides AWS_ENDPOINT_URL(_S3)
+    s3_region: str | None = None
+    image_size: int = 224
+    resize_size: int = 256
+    max_bad_images: int = 1000
+    object_store_limit_gb: float | None = None
+    decode_batch: int = 32
+    # model
+    arch: str = "resnet18"
+    weights: str | None = None         # initial weights: local path or s3:// URI (never a hub download)
+    layer: str = "layer4"
+    # objective
+    recipe: str = "official"
+    lam: float | None = None           # None: the paper's value for the arch (1.0 / 0.5), 0 for baseline
+    tau: float = 0.5
+    arrangement: str = "official"
+    negatives: str = "local"
+    block_size: int | None = None
+    consistency: str = "infonce"
+    cam: str = "auto"
+    # optimisation (the paper's ImageNet recipe)
+    epochs: int = 90
+    batch_size: int = 256              # global, over all workers
+    lr: float = 0.1                    # at the reference batch; scaled by batch_size / lr_reference_batch
+    lr_reference_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step_epochs: int = 30
+    lr_gamma: float = 0.1
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    # validation
+    val_batch_size: int = 32
+    val_batches: int | None = None     # held-out batches per rank per validation (None: all)
+    # scaling
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    # run
+    name: str = "cgc-run"
+    storage_path: str = field(default_factory=lambda: os.path.abspath("runs"))
+    checkpoint_every_steps: int = 0    # 0: once per epoch only
+    keep_checkpoints: int = 3
+    max_failures: int = 3
+    log_every_steps: int = 10
+
+    @property
+    def effective_lam(self) -> float:
+        if self.recipe == "baseline":
+            return 0.0
+        return self.lam if self.lam is not None else PAPER_LAMBDA.get(self.arch, 1.0)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The no-argument run: the embedded set on a 2-core laptop, in minutes.
+LAPTOP = dict(epochs=3, batch_size=32, image_size=96, resize_size=110, lr=0.4, lr_step_epochs=2,
+              num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option."""
+
+
+def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
+    """Everything that can be checked without starting a worker."""
+    def need(ok, message):
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.recipe in RECIPES, f"--recipe must be one of {RECIPES}, got {cfg.recipe!r}")
+    need(cfg.arrangement in ARRANGEMENTS, f"--arrangement must be one of {ARRANGEMENTS}")
+    need(cfg.negatives in NEGATIVES, f"--negatives must be one of {NEGATIVES}")
+    need(cfg.consistency in CONSISTENCY, f"--consistency must be one of {CONSISTENCY}")
+    need(cfg.cam in CAM_METHODS, f"--cam must be one of {CAM_METHODS}")
+    need(cfg.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}")
+    need(cfg.arch in torchvision.models.list_models(module=torchvision.models),
+         f"--arch {cfg.arch!r} is not a torchvision classifier (e.g. resnet18, resnet50, resnext50_32x4d)")
+    need(cfg.tau > 0, f"--tau must be > 0, got {cfg.tau}")
+    need(cfg.lam is None or cfg.lam >= 0, f"--lam must be >= 0, got {cfg.lam}")
+    need(not (cfg.recipe == "baseline" and cfg.lam), f"--recipe baseline trains without the CGC term; drop --lam {cfg.lam}")
+    need(cfg.num_workers >= 1, f"--num-workers must be >= 1, got {cfg.num_workers}")
+    need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.batch_size % cfg.num_workers == 0,
+         f"--batch-size {cfg.batch_size} is not divisible by --num-workers {cfg.num_workers}")
+    per_worker = cfg.batch_size // cfg.num_workers
+    need(cfg.recipe == "baseline" or cfg.consistency == "mse" or per_worker >= 2,
+         f"--batch-size {cfg.batch_size} gives {per_worker} image per worker: the contrastive loss needs >= 2")
+    need(cfg.negatives != "block" or (cfg.block_size and per_worker % cfg.block_size == 0),
+         f"--negatives block needs --block-size dividing the per-worker batch {per_worker}")
+    need(cfg.val_batch_size >= 2, "--val-batch-size must be >= 2 (the validation CGC loss needs negatives)")
+    need(cfg.image_size <= cfg.resize_size, f"--image-size {cfg.image_size} > --resize-size {cfg.resize_size}")
+    need(not cfg.sync_bn or cfg.num_workers > 1, "--sync-bn needs more than one worker")
+    need(not (cfg.precision == "fp16" and not cfg.use_gpu), "--precision fp16 needs --use-gpu (use bf16 on the CPU)")
+    need(cfg.dataset == "embedded" or cfg.data, f"--data is required for --dataset {cfg.dataset}")
+    if cfg.use_gpu and cluster_gpus is not None:
+        need(cluster_gpus >= cfg.num_workers,
+             f"--use-gpu with --num-workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the cluster has {cluster_gpus:g}")
+
+
+def parse(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from `--config file.yaml` and flags (flags win)."""
+    parser = argparse.ArgumentParser(description="Train a classifier with CGC on Ray Train.")
+    parser.add_argument("--config", help="YAML file with any of the options below")
+    for f in fields(TrainConfig):
+        _add_flag(parser, f)
+    args = parser.parse_args(argv)
+    values = {}
+    if args.config:
+        values.update(_read_yaml(args.config))
+    given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
+    values.update(given)
+    if values.get("dataset", "embedded") == "embedded":
+        values = {**LAPTOP, **values}
+    return TrainConfig(**values)
+
+
+def _add_flag(parser, f):
+    flag = "--" + f.name.replace("_", "-")
+    kind = _base_type(f.type)
+    if kind is bool:
+        parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+    else:
+        parser.add_argument(flag, dest=f.name, default=None, type=kind)
+
+
+def _base_type(annotation: str):
+    name = str(annotation).split("|")[0].strip()
+    return {"int": int, "float": float, "bool": bool}.get(name, str)
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    known = {f.name for f in fields(TrainConfig)}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown options {unknown}")
+    return data

@@ -1,0 +1,171 @@
+"""The per-worker training loop run by Ray Train's TorchTrainer (DDP).
+
+Each epoch: the worker's equal shard of the training set, `steps_per_epoch`
+steps of the CGC objective, an LR-schedule step, validation (top-1/top-5 and
+the CGC loss on held-out batches of 32, summed over ranks) and a checkpoint.
+With `checkpoint_every_steps`, also mid-epoch checkpoints. A restarted worker
+group resumes at the checkpoint's (epoch, step in epoch): the epoch in
+progress only runs its remaining steps, so no epoch is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data.batches import to_device
+from ..gradcam import CamNet
+from ..objective import CGCConfig, cgc_objective, heatmap_consistency
+from . import checkpoint
+from .config import TrainConfig
+from .metrics import Stopwatch, Telemetry, say
+from .model import build_model
+
+AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def train_loop(loop_config: dict) -> None:
+    cfg = TrainConfig(**loop_config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+    model = build_model(cfg.arch, len(loop_config["classes"]), cfg.weights, loop_config["storage"])
+    if cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = ray.train.torch.prepare_model(CamNet(model, cfg.layer))
+    if cfg.compile:
+        net = torch.compile(net)
+    objective = CGCConfig(lam=cfg.effective_lam, tau=cfg.tau, recipe=cfg.recipe, arrangement=cfg.arrangement,
+                          negatives=cfg.negatives, block_size=cfg.block_size, consistency=cfg.consistency,
+                          layer=cfg.layer, cam=cfg.cam, amp_dtype=AMP[cfg.precision])
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
+
+    position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            position = checkpoint.load(d, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+        if rank == 0:
+            say(f"resuming at epoch {position['epoch'] + 1}, step {position['step_in_epoch']} "
+                f"(global step {position['global_step']})")
+
+    steps_per_epoch = loop_config["steps_per_epoch"]
+    telemetry = Telemetry(cfg.name, rank, cfg.log_every_steps, steps_per_epoch, cfg.epochs)
+    state = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
+            "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
+
+    for epoch in range(position["epoch"], cfg.epochs):
+        torch.manual_seed(cfg.seed + 1000 * epoch + rank)
+        step, global_step = position["step_in_epoch"], position["global_step"]
+        net.train()
+        clock = Stopwatch()
+        batches = train_shard.iter_batches(batch_size=cfg.batch_size // world, drop_last=True,
+                                           batch_format="numpy", prefetch_batches=2)
+        for raw in batches:
+            if step >= steps_per_epoch:
+                break
+            wait = clock.lap()
+            batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
+            out = cgc_objective(net, batch, **vars(objective))
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step, global_step = step + 1, global_step + 1
+            _maybe_die(rank, global_step)
+            telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
+                           wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
+            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
+                _report({"epoch": epoch, "step_in_epoch": step, "global_step": global_step},
+                        rank, state, (epoch, step, global_step), meta)
+            clock.lap()
+        sched.step()
+        metrics = validate(net, val_shard, cfg, objective, device)
+        metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
+                       lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
+                       params_checksum=_checksum(model))
+        if rank == 0:
+            say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
+                f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
+        _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
+        position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
+
+
+def validate(net: nn.Module, shard, cfg: TrainConfig, objective: CGCConfig, device) -> dict:
+    """Top-1/top-5 and the CGC loss (query: the val image, positive: its T view,
+    negatives: the other images of its batch of `val_batch_size`), over all ranks."""
+    inner = _unwrap(net)
+    inner.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # images, top-1 hits, top-5 hits, sum of batch CGC losses
+    batches = 0
+    for i, raw in enumerate(shard.iter_batches(batch_size=cfg.val_batch_size, drop_last=True, batch_format="numpy")):
+        if cfg.val_batches is not None and i >= cfg.val_batches:
+            break
+        b = to_device(raw, "official", device, cfg.channels_last)
+        with torch.set_grad_enabled(objective.cam == "autograd"):
+            query, aug = inner(b["image"], b["aug"])
+            cgc = heatmap_consistency(inner, query, aug, b["crop"], b["flip"], tuple(b["image"].shape[-2:]), objective)
+        top5 = query[0].detach().topk(min(5, query[0].shape[1]), dim=1).indices
+        hits = top5 == b["label"][:, None]
+        totals += torch.tensor([len(hits), hits[:, 0].sum().item(), hits.any(1).sum().item(), cgc.item()],
+                               dtype=torch.float64)
+        batches += 1
+    totals = torch.cat([totals, torch.tensor([batches], dtype=torch.float64)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)  # gloo and NCCL both sum fp64 on the CPU/GPU as needed
+    inner.train()
+    n, top1, top5, cgc_sum, nb = totals.tolist()
+    return {"val_top1": 100 * top1 / max(n, 1), "val_top5": 100 * top5 / max(n, 1),
+            "val_cgc_loss": cgc_sum / max(nb, 1), "val_images": int(n)}
+
+
+def _report(metrics: dict, rank: int, state: dict, position: tuple, meta: dict) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint."""
+    epoch, step, global_step = position
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if rank == 0:
+            checkpoint.save(d, epoch=epoch, step_in_epoch=step, global_step=global_step, meta=meta, **state)
+            ckpt = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _unwrap(net: nn.Module) -> CamNet:
+    while not isinstance(net, CamNet):
+        net = getattr(net, "module", None) or net._orig_mod
+    return net
+
+
+def _checksum(model: nn.Module) -> float:
+    """A number that differs when any rank's parameters differ (for the DDP test and logs)."""
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
+
+
+def _maybe_die(rank: int, global_step: int) -> None:
+    """Fault injection for the recovery test: CGC_RAY_TEST_KILL="<rank>:<step>:<marker file>"
+    makes that rank SIGKILL itself once, at that global step."""
+    spec = os.environ.get("CGC_RAY_TEST_KILL")
+    if not spec:
+        return
+    who, at, marker = spec.split(":", 2)
+    if int(who) == rank and int(at) == global_step and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+

@@ -1,0 +1,56 @@
+"""Building the classifier: a torchvision architecture, initial weights from a
+path or object storage (no hub downloads), and a head for the data set."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+import torchvision
+from torch import nn
+
+from ..data.storage import StorageOptions, read_bytes
+
+
+def build_model(arch: str, num_classes: int, weights: str | None = None,
+                storage: StorageOptions = StorageOptions()) -> nn.Module:
+    """`arch` with `weights` loaded (a state dict, possibly under "state_dict" or
+    "model", "module." prefixes stripped), then its head replaced when the
+    class count differs."""
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights:
+        state = load_state_dict(weights, storage)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        head = {f"{name}.{p}" for name, _ in [_head(model)] for p in ("weight", "bias")}
+        if set(missing) - head or unexpected:
+            raise ValueError(f"{weights}: does not fit {arch} (missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]})")
+    name, head = _head(model)
+    if head.out_features != num_classes:
+        _set(model, name, nn.Linear(head.in_features, num_classes))
+    return model
+
+
+def load_state_dict(uri: str, storage: StorageOptions = StorageOptions()) -> dict:
+    try:
+        raw = read_bytes(uri, storage)
+    except OSError as e:
+        raise FileNotFoundError(f"--weights {uri}: cannot read ({e})") from e
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last Linear layer: the classification head of torchvision classifiers."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear head to replace")
+    return linears[-1]
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
