@@ -135,7 +135,7 @@ def _stack(views: list[dict], batch: dict, keep: list[int], columns: dict) -> di
 
 def _rows(manifest_uri: str, settings: DataSettings):
     fs, path = resolve(manifest_uri, settings.storage)
-    return ray.data.read_parquet(path, filesystem=fs, columns=["uri", "label"])
+    return ray.data.read_parquet(path, filesystem=fs).select_columns(["uri", "label"])
 
 
 def train_dataset(manifest_uri: str, recipe: str, settings: DataSettings) -> ray.data.Dataset:
