@@ -12,6 +12,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Credentials for the local S3 server, inherited by the Ray processes the tests
+# start; and no instance-metadata lookups (network traffic stays on 127.0.0.1).
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
 
 
 def free_port() -> int:

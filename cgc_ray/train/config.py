@@ -67,6 +67,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"   # or SPREAD, STRICT_PACK, STRICT_SPREAD (Ray placement groups)
     # run
     name: str = "cgc-run"
     storage_path: str = field(default_factory=lambda: os.path.abspath("runs"))

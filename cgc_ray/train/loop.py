@@ -14,6 +14,7 @@ import os
 import signal
 import tempfile
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -88,7 +89,7 @@ def train_loop(loop_config: dict) -> None:
             scaler.step(opt)
             scaler.update()
             step, global_step = step + 1, global_step + 1
-            _maybe_die(rank, global_step)
+            _maybe_die(loop_config.get("fault"), rank, global_step)
             telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
                            wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
             if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
@@ -99,7 +100,8 @@ def train_loop(loop_config: dict) -> None:
         metrics = validate(net, val_shard, cfg, objective, device)
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
-                       params_checksum=_checksum(model))
+                       params_checksums=_gather(_checksum(model)),
+                       nodes=_gather(ray.get_runtime_context().get_node_id()))
         if rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
                 f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
@@ -152,16 +154,24 @@ def _unwrap(net: nn.Module) -> CamNet:
     return net
 
 
+def _gather(value: float) -> list[float]:
+    """`value` from every rank, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def _checksum(model: nn.Module) -> float:
     """A number that differs when any rank's parameters differ (for the DDP test and logs)."""
     with torch.no_grad():
         return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
 
 
-def _maybe_die(rank: int, global_step: int) -> None:
-    """Fault injection for the recovery test: CGC_RAY_TEST_KILL="<rank>:<step>:<marker file>"
-    makes that rank SIGKILL itself once, at that global step."""
-    spec = os.environ.get("CGC_RAY_TEST_KILL")
+def _maybe_die(spec: str | None, rank: int, global_step: int) -> None:
+    """Fault injection for the recovery tests: CGC_RAY_TEST_KILL="<rank>:<step>:<marker file>"
+    in the driver's environment makes that rank SIGKILL itself once, at that global step."""
     if not spec:
         return
     who, at, marker = spec.split(":", 2)

@@ -57,10 +57,12 @@ def run(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
-                           "steps_per_epoch": steps_per_epoch, "storage": storage},
+                           "steps_per_epoch": steps_per_epoch, "storage": storage,
+                           "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                           **({"GPU": 1} if cfg.use_gpu else {})}),
+                                                           **({"GPU": 1} if cfg.use_gpu else {})},
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(name=cfg.name, storage_path=run_root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
@@ -105,7 +107,13 @@ def _summary(cfg, result, train_m, steps_per_epoch, seconds, bad) -> dict:
         "lr": cfg.effective_lr, "train_images": len(train_m), "steps_per_epoch": steps_per_epoch,
         "epochs_done": metrics.get("epoch"), "global_step": metrics.get("global_step"),
         "val_top1": metrics.get("val_top1", float("nan")), "val_top5": metrics.get("val_top5"),
-        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")), "params_checksum": metrics.get("params_checksum"),
-        "wall_seconds": round(seconds, 1), "checkpoint": ckpt.path if ckpt else None, **bad,
-        "error": str(result.error) if result.error else None,
+        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")), "params_checksums": metrics.get("params_checksums"), "nodes": metrics.get("nodes"),
+        "wall_seconds": round(seconds, 1), "checkpoint": _ckpt_uri(cfg, ckpt), **bad,
     }
+
+
+def _ckpt_uri(cfg: TrainConfig, ckpt) -> str | None:
+    if ckpt is None:
+        return None
+    scheme, _ = split_uri(cfg.storage_path)
+    return f"{scheme}://{ckpt.path}" if scheme else ckpt.path
