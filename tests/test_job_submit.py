@@ -1,0 +1,84 @@
+"""The submission path for real: `ray start --head`, `ray job submit -- python
+jobs/imagenet.py ...`, progress in the job log, training metrics on the node's
+Prometheus endpoint."""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A separate single-node cluster started with the CLI (stopped by killing
+    its `ray start --block` process group, not `ray stop`, which would also
+    stop the test session's cluster)."""
+    ports = {k: free_port() for k in ("port", "dashboard", "metrics", "client")}
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={ports['port']}", "--num-cpus=2",
+         "--include-dashboard=true", f"--dashboard-port={ports['dashboard']}", "--dashboard-host=127.0.0.1",
+         f"--metrics-export-port={ports['metrics']}", f"--ray-client-server-port={ports['client']}",
+         "--object-store-memory=300000000", f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{ports['dashboard']}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("ray start --head did not come up: " + proc.stdout.read()[-2000:])
+    yield address, ports["metrics"]
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _scrape_until_done(port, done, found):
+    while not done.is_set():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            found.update(re.findall(r"^(ray_cgc_\w+)\{", text, flags=re.M))
+        except OSError:
+            pass
+        done.wait(2)
+
+
+def test_ray_job_submit_runs_the_training_job(head, tmp_path):
+    address, metrics_port = head
+    done, found = threading.Event(), set()
+    scraper = threading.Thread(target=_scrape_until_done, args=(metrics_port, done, found))
+    scraper.start()
+    try:
+        proc = subprocess.run(
+            ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             "python", "jobs/imagenet.py", "--epochs", "1", "--image-size", "48", "--resize-size", "56",
+             "--batch-size", "16", "--val-batches", "2", "--log-every-steps", "5",
+             "--storage-path", str(tmp_path / "runs"), "--name", "submitted"],
+            capture_output=True, text=True, timeout=900)
+    finally:
+        done.set()
+        scraper.join()
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
+    assert re.search(r"epoch 1/1 step 5/40 loss [\d.]+ \(ce [\d.]+ cgc [\d.]+\)", log), log[-3000:]
+    assert "epoch 1/1 done: val top-1" in log
+    assert (tmp_path / "runs" / "submitted" / "summary.json").exists()
+    assert {"ray_cgc_images_per_second", "ray_cgc_loss", "ray_cgc_cgc_loss", "ray_cgc_learning_rate",
+            "ray_cgc_data_wait_fraction"} <= found, sorted(found)
