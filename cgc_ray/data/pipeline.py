@@ -23,6 +23,7 @@ import ray
 from ray.data import ExecutionOptions, ExecutionResources, RandomSeedConfig
 
 from ..transforms import sample_crop_flip
+from .device_decode import device_ready, draw_params
 from .storage import StorageOptions, read_bytes, resolve
 from .views import RECIPE_VIEWS, BadImage, decode_rgb, train_views, val_view
 
@@ -40,6 +41,7 @@ class DataSettings:
     object_store_limit: int | None = None  # bytes; None = Ray Data's default share
     storage: StorageOptions = field(default_factory=StorageOptions)
     ledger: str | None = None        # name of the BadImageLedger actor (None: log only)
+    gpu_decode: bool = False         # ship JPEG bytes; the training device decodes (device_decode.py)
 
 
 class TooManyBadImages(RuntimeError):
@@ -66,16 +68,27 @@ def open_ledger(name: str):
     return BadImageLedger.options(name=name, get_if_exists=True).remote()
 
 
-def _fetch_decode(uris, settings: DataSettings):
-    """Decoded RGB images (None where unreadable) and the (uri, reason) of the failures."""
-    def one(uri):
+def _fetch_decode(uris, settings: DataSettings, decode=decode_rgb):
+    """decode(bytes) of each uri (None where unreadable), and the (uri, reason) of the failures."""
+    def fetch(uri):
         try:
-            return decode_rgb(read_bytes(uri, settings.storage)), None
-        except (OSError, BadImage) as e:
+            return read_bytes(uri, settings.storage), None
+        except OSError as e:
             return None, (uri, f"{type(e).__name__}: {e}")
 
+    def convert(uri, fetched):
+        data, error = fetched
+        if error:
+            return None, error
+        try:
+            return decode(data), None
+        except BadImage as e:
+            return None, (uri, f"{type(e).__name__}: {e}")
+
+    # Reads wait on the network: many at once. Decoding is CPU work: in turn.
     with ThreadPoolExecutor(settings.read_threads) as pool:
-        results = list(pool.map(one, uris))
+        fetched = list(pool.map(fetch, uris))
+    results = [convert(u, f) for u, f in zip(uris, fetched)]
     bad = [r[1] for r in results if r[1] is not None]
     if bad:
         _report(bad, settings)
@@ -95,12 +108,27 @@ def _report(bad, settings: DataSettings):
 
 
 def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
+    if settings.gpu_decode:
+        return _raw_batch(batch, recipe, settings)
     images, _ = _fetch_decode(batch["uri"], settings)
     rng = np.random.default_rng()  # a fresh stream per task: augmentations differ every epoch
     keep = [i for i, img in enumerate(images) if img is not None]
     views = [train_views(images[i], recipe, settings.image_size, settings.resize_size, rng) for i in keep]
     columns = _columns(RECIPE_VIEWS[recipe], recipe != "baseline", settings.image_size)
     return _stack(views, batch, keep, columns)
+
+
+def _raw_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
+    """JPEG bytes + the views' random parameters, for decoding on the device."""
+    ready, _ = _fetch_decode(batch["uri"], settings, decode=device_ready)
+    rng = np.random.default_rng()
+    keep = [i for i, r in enumerate(ready) if r is not None]
+    rows = [{"jpeg": ready[i][0], **draw_params(ready[i][1], ready[i][2], recipe, settings.image_size, rng)}
+            for i in keep]
+    columns = {"jpeg": ((), object), "xe_box": ((4,), np.int64), "xe_flip": ((), np.bool_)}
+    if recipe != "baseline":
+        columns.update(crop=((4,), np.int64), flip=((), np.bool_))
+    return _stack(rows, batch, keep, columns)
 
 
 def _val_batch(batch: dict, settings: DataSettings) -> dict:
@@ -126,11 +154,19 @@ def _columns(images: tuple[str, ...], with_t: bool, size: int) -> dict:
 
 def _stack(views: list[dict], batch: dict, keep: list[int], columns: dict) -> dict:
     """Columns of the kept rows; typed empty columns when every row was skipped."""
-    out = {k: (np.stack([v[k] for v in views]).astype(dtype) if views else np.zeros((0, *shape), dtype))
+    out = {k: (_column([v[k] for v in views], dtype) if views else np.zeros((0, *shape), dtype))
            for k, (shape, dtype) in columns.items()}
     out["label"] = np.asarray(batch["label"], dtype=np.int64)[keep]
     out["uri"] = np.asarray(batch["uri"], dtype=object)[keep]
     return out
+
+
+def _column(values: list, dtype) -> np.ndarray:
+    if dtype is object:  # variable-length bytes
+        col = np.empty(len(values), dtype=object)
+        col[:] = values
+        return col
+    return np.stack(values).astype(dtype, copy=False)
 
 
 def _rows(manifest_uri: str, settings: DataSettings):

@@ -33,6 +33,7 @@ class TrainConfig:
     max_bad_images: int = 1000
     object_store_limit_gb: float | None = None
     decode_batch: int = 32
+    gpu_decode: bool = False           # decode JPEGs on the workers' GPUs (nvJPEG) instead of the CPUs
     # model
     arch: str = "resnet18"
     weights: str | None = None         # initial weights: local path or s3:// URI (never a hub download)

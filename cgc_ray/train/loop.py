@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.batches import to_device
+from ..data.device_decode import decode_views
 from ..gradcam import CamNet
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
@@ -82,6 +83,8 @@ def train_loop(loop_config: dict) -> None:
             if step >= steps_per_epoch:
                 break
             wait = clock.lap()
+            if cfg.gpu_decode:
+                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device)
             batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
             out = cgc_objective(net, batch, **vars(objective))
             opt.zero_grad(set_to_none=True)
@@ -97,7 +100,7 @@ def train_loop(loop_config: dict) -> None:
                         rank, state, (epoch, step, global_step), meta)
             clock.lap()
         sched.step()
-        metrics = validate(net, val_shard, cfg, objective, device)
+        metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
                        params_checksums=_gather(_checksum(model)),

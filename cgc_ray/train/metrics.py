@@ -36,15 +36,23 @@ class Telemetry:
         self.rank, self.every = rank, every
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         self.window = {"step": 0.0, "wait": 0.0, "images": 0}
+        self.epoch_total = dict(self.window)
+
+    def end_epoch(self) -> dict:
+        """Throughput and data-wait share of this worker over the epoch's steps."""
+        t, self.epoch_total = self.epoch_total, {"step": 0.0, "wait": 0.0, "images": 0}
+        return {"train_images_per_s": t["images"] / max(t["step"], 1e-9),
+                "data_wait_fraction": t["wait"] / max(t["step"], 1e-9)}
 
     def step(self, *, epoch, step_in_epoch, images, step_s, wait_s, parts, lr) -> None:
         """`parts` (loss, ce, cgc) stay device tensors: they are read back (a
         host sync) only on the steps that log, once every `every` steps."""
         self.images.inc(images, tags=self.tags)
+        for w in (self.window, self.epoch_total):
+            w["step"] += step_s
+            w["wait"] += wait_s
+            w["images"] += images
         w = self.window
-        w["step"] += step_s
-        w["wait"] += wait_s
-        w["images"] += images
         if step_in_epoch % self.every == 0 or step_in_epoch == self.steps_per_epoch:
             loss, ce, cgc = torch.stack(parts).detach().float().cpu().tolist()
             frac = w["wait"] / max(w["step"], 1e-9)

@@ -51,7 +51,7 @@ def run(cfg: TrainConfig) -> dict:
     settings = DataSettings(image_size=cfg.image_size, resize_size=cfg.resize_size, seed=cfg.seed,
                             decode_batch=cfg.decode_batch, max_bad_images=cfg.max_bad_images,
                             object_store_limit=int(cfg.object_store_limit_gb * 2**30) if cfg.object_store_limit_gb else None,
-                            storage=storage, ledger=f"cgc-bad-images-{cfg.name}")
+                            storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode)
     ledger = open_ledger(settings.ledger)
     fs, run_root = resolve(cfg.storage_path, storage)
     trainer = TorchTrainer(
@@ -107,7 +107,9 @@ def _summary(cfg, result, train_m, steps_per_epoch, seconds, bad) -> dict:
         "lr": cfg.effective_lr, "train_images": len(train_m), "steps_per_epoch": steps_per_epoch,
         "epochs_done": metrics.get("epoch"), "global_step": metrics.get("global_step"),
         "val_top1": metrics.get("val_top1", float("nan")), "val_top5": metrics.get("val_top5"),
-        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")), "params_checksums": metrics.get("params_checksums"), "nodes": metrics.get("nodes"),
+        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")),
+        "train_images_per_s_rank0": metrics.get("train_images_per_s"),
+        "data_wait_fraction_rank0": metrics.get("data_wait_fraction"), "params_checksums": metrics.get("params_checksums"), "nodes": metrics.get("nodes"),
         "wall_seconds": round(seconds, 1), "checkpoint": _ckpt_uri(cfg, ckpt), **bad,
     }
 

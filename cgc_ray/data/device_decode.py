@@ -1,0 +1,89 @@
+"""JPEG decoding on the training device (nvJPEG through torchvision) instead of
+the CPU: the CPU side only reads the bytes and the JPEG header and draws the
+augmentation parameters; the worker decodes the batch on its GPU and makes
+the views there with torchvision's tensor ops (Ray-free).
+
+Files nvJPEG cannot take (CMYK JPEGs, PNGs named .JPEG, other formats) are
+decoded on the CPU and re-encoded as RGB JPEG (quality 95) — ImageNet has a
+few dozen such files. Files with a bad header are skipped and counted on the CPU
+like on the CPU path; one that only fails on the device (e.g. truncated) is
+dropped from its batch and logged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from ..transforms import random_resized_crop, sample_crop_flip
+from .views import BadImage, decode_rgb
+
+log = logging.getLogger(__name__)
+
+
+def device_ready(data: bytes) -> tuple[bytes, int, int]:
+    """(JPEG bytes nvJPEG can decode, height, width), from the header alone when possible."""
+    if not data:
+        raise BadImage("zero-byte file")
+    try:
+        header = Image.open(io.BytesIO(data))
+        fmt, mode, (w, h) = header.format, header.mode, header.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(str(e) or type(e).__name__) from e
+    if fmt == "JPEG" and mode in ("RGB", "L"):
+        return data, h, w
+    img = decode_rgb(data)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    return buf.getvalue(), img.height, img.width
+
+
+def draw_params(h: int, w: int, recipe: str, size: int, rng: np.random.Generator) -> dict:
+    """The random parts of the recipe's views, drawn on the CPU."""
+    out = {"xe_box": np.asarray(random_resized_crop(h, w, rng), dtype=np.int64), "xe_flip": bool(rng.random() < 0.5)}
+    if recipe != "baseline":
+        crop, flip = sample_crop_flip(size, size, rng)
+        out.update(crop=np.asarray(crop, dtype=np.int64), flip=flip)
+    return out
+
+
+def decode_views(raw: dict, recipe: str, size: int, resize: int, device) -> dict:
+    """Decode raw["jpeg"] on `device` and make the views as (B, H, W, 3) uint8
+    tensors there, ready for `batches.to_device`; rows that fail are dropped."""
+    images, keep = _decode(raw["jpeg"], device)
+    out = {"xe": torch.stack([_xe(images[i], raw["xe_box"][i], raw["xe_flip"][i], size) for i in keep])}
+    if recipe == "official":
+        out["image"] = torch.stack([TF.center_crop(TF.resize(images[i], [resize], antialias=True), [size, size])
+                                    for i in keep])
+    out = {k: v.permute(0, 2, 3, 1) for k, v in out.items()}
+    for key in ("label", "crop", "flip"):
+        if key in raw:
+            out[key] = torch.as_tensor(np.asarray(raw[key])[keep])
+    return out
+
+
+def _xe(img: torch.Tensor, box, flip, size: int) -> torch.Tensor:
+    top, left, h, w = (int(v) for v in box)
+    view = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    return TF.horizontal_flip(view) if flip else view
+
+
+def _decode(blobs, device) -> tuple[list, list[int]]:
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    try:
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device), list(range(len(tensors)))
+    except RuntimeError:  # one bad file fails the batched call: retry one by one
+        images, keep = [None] * len(tensors), []
+        for i, t in enumerate(tensors):
+            try:
+                images[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device)
+                keep.append(i)
+            except RuntimeError as e:
+                log.warning("skipping an image the device could not decode (%s)", e)
+        return images, keep
