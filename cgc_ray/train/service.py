@@ -104,7 +104,8 @@ def _summary(cfg, result, train_m, steps_per_epoch, seconds, bad) -> dict:
     ckpt = result.checkpoint
     return {
         "run": cfg.name, "config": cfg.to_dict(), "lambda": cfg.effective_lam,
-        "lr": cfg.effective_lr, "train_images": len(train_m), "steps_per_epoch": steps_per_epoch,
+        "lr": cfg.effective_lr, "train_images": len(train_m), "num_classes": len(train_m.classes),
+        "steps_per_epoch": steps_per_epoch,
         "epochs_done": metrics.get("epoch"), "global_step": metrics.get("global_step"),
         "val_top1": metrics.get("val_top1", float("nan")), "val_top5": metrics.get("val_top5"),
         "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")),
