@@ -194,3 +194,25 @@ def test_same_seed_same_order(ray_cluster, bucket):
         ctx.execution_options.preserve_order = False
     assert first == again and first != other and sorted(first) == sorted(other)
     assert np.mean([a == b for a, b in zip(first, other)]) < 0.2
+
+
+def test_validation_views_carry_boxes_mapped_into_the_crop(ray_cluster, bucket):
+    from cgc_ray.data.pipeline import DataSettings, val_dataset
+    from cgc_ray.data.views import decode_rgb
+
+    options = bucket[0]
+    manifest, uri = load_or_build("imagenet", f"s3://{BUCKET}/imagenet", "val", options=options)
+    rows = [r for b in val_dataset(uri, DataSettings(image_size=64, resize_size=72, storage=options))
+            .iter_batches(batch_size=8, batch_format="numpy") for r in zip(b["uri"], b["boxes"], b["image"])]
+    assert len(rows) == N_VAL
+    by_uri = {r["uri"]: r for r in manifest.table.to_pylist()}
+    for uri_, boxes, image in rows[:5]:
+        # hand mapping: Resize(72) of the short side, then the 64 center crop
+        img = decode_rgb(storage.read_bytes(uri_, options))
+        w, h = img.size
+        nw, nh = (72, int(72 * h / w)) if w <= h else (int(72 * w / h), 72)
+        left, top = round((nw - 64) / 2), round((nh - 64) / 2)
+        x0, y0, x1, y1 = by_uri[uri_]["boxes"][0]
+        expected = np.clip([x0 * nw / w - left, y0 * nh / h - top, x1 * nw / w - left, y1 * nh / h - top], 0, 64)
+        np.testing.assert_allclose(boxes[0], expected, rtol=1e-5, atol=1e-4)
+        assert image.shape == (64, 64, 3)

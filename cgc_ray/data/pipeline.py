@@ -136,12 +136,13 @@ def _val_batch(batch: dict, settings: DataSettings) -> dict:
     keep = [i for i, img in enumerate(images) if img is not None]
     views = []
     for i in keep:
-        image, _boxes = val_view(images[i], None, settings.resize_size, settings.image_size)
+        image, boxes = val_view(images[i], batch["boxes"][i], settings.resize_size, settings.image_size)
         # T for the validation CGC loss: fixed per image, so epochs are comparable.
         rng = np.random.default_rng([settings.seed, zlib.crc32(batch["uri"][i].encode())])
         crop, flip = sample_crop_flip(settings.image_size, settings.image_size, rng)
-        views.append({"image": image, "crop": np.asarray(crop, dtype=np.int64), "flip": flip})
-    return _stack(views, batch, keep, _columns(("image",), True, settings.image_size))
+        views.append({"image": image, "crop": np.asarray(crop, dtype=np.int64), "flip": flip, "boxes": boxes})
+    columns = {**_columns(("image",), True, settings.image_size), "boxes": ((), object)}
+    return _stack(views, batch, keep, columns)
 
 
 def _columns(images: tuple[str, ...], with_t: bool, size: int) -> dict:
@@ -169,9 +170,9 @@ def _column(values: list, dtype) -> np.ndarray:
     return np.stack(values).astype(dtype, copy=False)
 
 
-def _rows(manifest_uri: str, settings: DataSettings):
+def _rows(manifest_uri: str, settings: DataSettings, columns=("uri", "label")):
     fs, path = resolve(manifest_uri, settings.storage)
-    return ray.data.read_parquet(path, filesystem=fs).select_columns(["uri", "label"])
+    return ray.data.read_parquet(path, filesystem=fs).select_columns(list(columns))
 
 
 def train_dataset(manifest_uri: str, recipe: str, settings: DataSettings) -> ray.data.Dataset:
@@ -187,8 +188,9 @@ def train_dataset(manifest_uri: str, recipe: str, settings: DataSettings) -> ray
 
 
 def val_dataset(manifest_uri: str, settings: DataSettings) -> ray.data.Dataset:
-    """Center-crop views in manifest order, with a fixed T per image."""
-    return (_rows(manifest_uri, settings)
+    """Center-crop views in manifest order, with a fixed T per image and the
+    boxes ((k, 4) float32 edges per row) mapped into the crop."""
+    return (_rows(manifest_uri, settings, ("uri", "label", "boxes"))
             .repartition(target_num_rows_per_block=settings.decode_batch)
             .map_batches(_val_batch, batch_size=settings.decode_batch, fn_kwargs={"settings": settings}))
 

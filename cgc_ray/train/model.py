@@ -18,14 +18,19 @@ def build_model(arch: str, num_classes: int, weights: str | None = None,
     "model", "module." prefixes stripped), then its head replaced when the
     class count differs."""
     model = torchvision.models.get_model(arch, weights=None)
-    if weights:
-        state = load_state_dict(weights, storage)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        head = {f"{name}.{p}" for name, _ in [_head(model)] for p in ("weight", "bias")}
-        if set(missing) - head or unexpected:
-            raise ValueError(f"{weights}: does not fit {arch} (missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]})")
     name, head = _head(model)
+    if weights:
+        head_keys = {f"{name}.weight", f"{name}.bias"}
+        own = model.state_dict()
+        state = {k: v for k, v in load_state_dict(weights, storage).items()
+                 if not (k in head_keys and k in own and v.shape != own[k].shape)}  # a head for other classes
+        wrong = sorted(k for k, v in state.items() if k in own and v.shape != own[k].shape)
+        missing = sorted(set(own) - set(state) - head_keys)
+        unexpected = sorted(set(state) - set(own))
+        if wrong or missing or unexpected:
+            raise ValueError(f"{weights}: does not fit {arch} (wrong shapes {wrong[:3]}, missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        model.load_state_dict(state, strict=False)
     if head.out_features != num_classes:
         _set(model, name, nn.Linear(head.in_features, num_classes))
     return model
