@@ -49,6 +49,17 @@ def head(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _submit(address, entrypoint, tries=20):
+    """`ray job submit`, retried while the new head's job agent is not up yet."""
+    for _ in range(tries):
+        proc = subprocess.run(["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+                               *entrypoint], capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in proc.stdout + proc.stderr:
+            return proc
+        time.sleep(5)
+    return proc
+
+
 def _scrape_until_done(port, done, found):
     while not done.is_set():
         try:
@@ -65,12 +76,10 @@ def test_ray_job_submit_runs_the_training_job(head, tmp_path):
     scraper = threading.Thread(target=_scrape_until_done, args=(metrics_port, done, found))
     scraper.start()
     try:
-        proc = subprocess.run(
-            ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             "python", "jobs/imagenet.py", "--epochs", "1", "--image-size", "48", "--resize-size", "56",
-             "--batch-size", "16", "--val-batches", "2", "--log-every-steps", "5",
-             "--storage-path", str(tmp_path / "runs"), "--name", "submitted"],
-            capture_output=True, text=True, timeout=900)
+        proc = _submit(address, ["python", "jobs/imagenet.py", "--epochs", "1", "--image-size", "48",
+                                 "--resize-size", "56", "--batch-size", "16", "--val-batches", "2",
+                                 "--log-every-steps", "5", "--storage-path", str(tmp_path / "runs"),
+                                 "--name", "submitted"])
     finally:
         done.set()
         scraper.join()
