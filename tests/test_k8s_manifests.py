@@ -1,0 +1,739 @@
+"""The KubeRay manifests under k8s/ and the Dockerfile that builds their image.
+
+Every kustomization is rendered by a small kustomize written here (only what
+k8s/ uses: resources, JSON 6902 patches, images, namePrefix/nameSuffix) and
+checked against
+- the OpenAPI schemas of the KubeRay v1.7.0 CRDs (KUBERAY_CRDS, default
+  <repo>/../shared/kuberay-crds), unknown fields rejected;
+- the KubeRay operator's own rules that a schema cannot express;
+- lint rules: no literal secrets, GPU groups with GPU limits, tolerations and a
+  sized /dev/shm, pinned images, entrypoints that name a script of this repo
+  and no shell operators;
+- the jobs: every entrypoint's flags accepted by the script's own parse();
+  training on fixed-size clusters with --num-workers equal to the GPUs, and
+  overlays that differ from the base only in their size flags;
+- the Dockerfile: FROM the Ray version of pyproject.toml, the package version
+  that the manifests' image tag pins.
+Jobs under k8s/pending/ whose script does not exist yet skip the checks that
+need the script, with that reason. Each rule also gets a broken manifest that
+it must reject.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import os
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+PENDING = K8S / "pending"
+CRDS = Path(os.environ.get("KUBERAY_CRDS", ROOT.parent / "shared" / "kuberay-crds"))
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+RAY_KINDS = ("RayJob", "RayCluster")
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are 1-2 MB
+
+
+def kid(path: Path) -> str:
+    return str(path.relative_to(K8S))
+
+
+# --- a small kustomize ---------------------------------------------------------
+
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "patches", "images", "namePrefix", "nameSuffix"}
+
+
+def render(kdir: Path) -> list[dict]:
+    """`kustomize build kdir` for the fields above (anything else fails, so a
+    kustomization cannot use a feature this renderer would silently ignore).
+    Order as kustomize: resources, patches, name prefix/suffix, images."""
+    k = yaml.safe_load((kdir / "kustomization.yaml").read_text())
+    unknown = set(k) - KUSTOMIZE_FIELDS
+    assert not unknown, f"{kdir}: the test renderer does not implement {sorted(unknown)}"
+    objs = []
+    for res in k.get("resources", []):
+        path = kdir / res
+        objs += render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for patch in k.get("patches", []):
+        assert set(patch) == {"target", "patch"}, f"{kdir}: only inline JSON 6902 patches with a target"
+        hits = [o for o in objs if all(o["kind"] == v if f == "kind" else o["metadata"]["name"] == v
+                                       for f, v in patch["target"].items())]
+        assert hits, f"{kdir}: patch target {patch['target']} matches nothing"
+        for obj in hits:
+            json6902(obj, yaml.safe_load(patch["patch"]))
+    for obj in objs:
+        obj["metadata"]["name"] = k.get("namePrefix", "") + obj["metadata"]["name"] + k.get("nameSuffix", "")
+    for image in k.get("images", []):
+        for obj in objs:
+            set_image(obj, image)
+    return objs
+
+
+def json6902(doc: dict, ops: list[dict]) -> None:
+    """RFC 6902 add / replace / remove / test, in place."""
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        key = (len(node) if last == "-" else int(last)) if isinstance(node, list) else last
+        value = copy.deepcopy(op.get("value"))
+        if op["op"] == "test":
+            assert node[key] == value, f"JSON patch test failed at {op['path']}: {node[key]!r} != {value!r}"
+        elif op["op"] == "remove":
+            del node[key]
+        elif op["op"] == "replace":
+            node[key]  # noqa: B018 (replace needs an existing value: KeyError/IndexError otherwise)
+            node[key] = value
+        elif op["op"] == "add" and isinstance(node, list):
+            node.insert(key, value)
+        elif op["op"] == "add":
+            node[key] = value
+        else:
+            raise AssertionError(f"JSON patch op {op['op']!r} is not implemented here")
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    name, _, tag = ref.rpartition(":")
+    return (name, tag) if name and "/" not in tag else (ref, "")
+
+
+def set_image(node, image: dict) -> None:
+    """kustomize `images:`: every container/initContainer anywhere in the object
+    (its legacy filter, the one that reaches into custom resources)."""
+    if isinstance(node, list):
+        for item in node:
+            set_image(item, image)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                for c in value:
+                    name, tag = split_image(c.get("image", ""))
+                    if name == image["name"]:
+                        tag = image.get("newTag", tag)
+                        c["image"] = image.get("newName", name) + (f":{tag}" if tag else "")
+            set_image(value, image)
+
+
+@functools.cache
+def _rendered(kdir: Path) -> list[dict]:
+    return render(kdir)
+
+
+def rendered(kdir: Path) -> list[dict]:
+    return copy.deepcopy(_rendered(kdir))
+
+
+def job(kdir: Path = K8S / "base", kind: str = "RayJob") -> dict:
+    (obj,) = [o for o in rendered(kdir) if o["kind"] == kind]
+    return obj
+
+
+# --- reading Ray objects -------------------------------------------------------
+
+def cluster_spec(obj: dict) -> dict:
+    return obj["spec"]["rayClusterSpec"] if obj["kind"] == "RayJob" else obj["spec"]
+
+
+def groups(obj: dict) -> list[tuple[str, dict]]:
+    spec = cluster_spec(obj)
+    return [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
+
+
+def containers(group: dict) -> list[dict]:
+    return group["template"]["spec"]["containers"]
+
+
+UNITS = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity(q) -> float:
+    """A Kubernetes quantity ("500m", "64", "512Gi") as a number."""
+    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(q))
+    assert m and m[2] in UNITS, f"not a quantity: {q!r}"
+    return float(m[1]) * UNITS[m[2]]
+
+
+def gpus(container: dict) -> float:
+    return quantity(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+def script(entrypoint: str) -> str | None:
+    m = re.match(r"python3?\s+(\S+\.py)(\s|$)", entrypoint.strip())
+    return m and m[1]
+
+
+def flags(entrypoint: str) -> dict[str, str | None]:
+    """--flag value / --switch pairs of a `python script.py ...` command."""
+    words, out = shlex.split(entrypoint)[2:], {}
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            out[w] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+# --- CRD schemas ---------------------------------------------------------------
+
+def to_jsonschema(s):
+    """A Kubernetes structural schema as JSON Schema: int-or-string, nullable,
+    preserve-unknown-fields; objects with properties reject unknown fields (the
+    API server would silently prune them: typos would vanish). CEL rules
+    (x-kubernetes-validations) are left out."""
+    if not isinstance(s, dict):
+        return s
+    out = {}
+    for k, v in s.items():
+        if k in ("items", "additionalProperties", "not"):
+            out[k] = to_jsonschema(v)
+        elif k in ("anyOf", "allOf", "oneOf"):
+            out[k] = [to_jsonschema(x) for x in v]
+        elif k == "properties":
+            out[k] = {name: to_jsonschema(x) for name, x in v.items()}
+        elif not k.startswith("x-kubernetes-") and k != "nullable":
+            out[k] = v
+    if s.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if s.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    if "properties" in s and "additionalProperties" not in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd_validators() -> dict:
+    files = {kind: CRDS / f"ray.io_{kind.lower()}s.yaml" for kind in RAY_KINDS}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        pytest.skip(f"KubeRay CRDs not found ({', '.join(missing)}); set KUBERAY_CRDS to the directory "
+                    "holding ray.io_rayjobs.yaml and ray.io_rayclusters.yaml (KubeRay v1.7.0)")
+    validators = {}
+    for kind, f in files.items():
+        crd = yaml.load(f.read_text(), Loader=Loader)
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        validators[kind] = jsonschema.Draft202012Validator(to_jsonschema(v1["schema"]["openAPIV3Schema"]))
+    return validators
+
+
+def schema_errors(validator, obj: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+# Hand-written schemas for the built-in / third-party kinds k8s/ uses (only the
+# fields used); a kind without one here fails test_builtin_kinds.
+NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+METADATA = {"type": "object", "required": ["name"],
+            "properties": {"name": NAME, "namespace": NAME, "labels": STRINGS, "annotations": STRINGS},
+            "additionalProperties": False}
+BUILTIN_SCHEMAS = {
+    "PodMonitor": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+            "metadata": METADATA,
+            "spec": {"type": "object", "required": ["selector", "podMetricsEndpoints"], "additionalProperties": False,
+                     "properties": {
+                         "selector": {"type": "object", "required": ["matchLabels"], "additionalProperties": False,
+                                      "properties": {"matchLabels": STRINGS}},
+                         "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+                             "type": "object", "required": ["port"], "additionalProperties": False,
+                             "properties": {
+                                 "port": {"type": "string"}, "path": {"type": "string"},
+                                 "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                                 "relabelings": {"type": "array", "items": {
+                                     "type": "object", "additionalProperties": False,
+                                     "properties": {"sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                                    "targetLabel": {"type": "string"}}}}}}}}}}},
+}
+
+
+# --- the operator's rules (KubeRay v1.7.0 ray-operator/controllers/ray/utils/validation.go) ---
+
+def operator_errors(obj: dict) -> list[str]:
+    """What the operator rejects (or silently mishandles) beyond the schema:
+    - names: DNS-1035 labels; RayJob <= 47 characters, RayCluster <= 53 (the
+      cluster of a RayJob is named <job>-<5 characters>);
+    - RayJob: ttlSecondsAfterFinished >= 0 and only with shutdownAfterJobFinishes;
+      runtimeEnvYAML (if any) parses as a YAML mapping;
+    - every worker group: minReplicas <= replicas <= maxReplicas;
+    - rayStartParams: string values only, no `labels` (use the group's labels);
+    - Ray resources set once: KubeRay rejects num-cpus/num-gpus/memory/resources
+      in rayStartParams together with the group's `resources` field. KubeRay
+      derives num-cpus/num-gpus/memory from the Ray container's limits; an
+      explicit rayStartParams value overrides that, which is fine when
+      deliberate (num-cpus "0" keeps work off the head) but wrong when it
+      contradicts the pod: num-gpus must equal the nvidia.com/gpu limit, and a
+      non-zero num-cpus / memory must not exceed the cpu / memory limit;
+    - autoscaler v2: pod restartPolicy Never or unset.
+    """
+    errs = []
+    kind, name, spec = obj["kind"], obj["metadata"]["name"], obj["spec"]
+    limit = {"RayJob": 47, "RayCluster": 53}[kind]
+    if len(name) > limit:
+        errs.append(f"{kind} name {name!r} is longer than {limit} characters")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        errs.append(f"{kind} name {name!r} is not a DNS-1035 label")
+    if kind == "RayJob":
+        ttl = spec.get("ttlSecondsAfterFinished", 0)
+        if ttl < 0 or (ttl > 0 and not spec.get("shutdownAfterJobFinishes")):
+            errs.append("ttlSecondsAfterFinished must be >= 0 and needs shutdownAfterJobFinishes: true")
+        try:
+            env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
+            if not isinstance(env, dict):
+                errs.append(f"runtimeEnvYAML is not a YAML mapping: {env!r}")
+        except yaml.YAMLError as e:
+            errs.append(f"runtimeEnvYAML is not valid YAML: {e}")
+    cluster = cluster_spec(obj)
+    v2 = cluster.get("enableInTreeAutoscaling") and cluster.get("autoscalerOptions", {}).get("version") == "v2"
+    for gname, g in groups(obj):
+        if gname != "head":
+            lo, hi = g.get("minReplicas", 0), g.get("maxReplicas", 2**31 - 1)
+            if not lo <= g.get("replicas", lo) <= hi:
+                errs.append(f"group {gname}: needs minReplicas <= replicas <= maxReplicas")
+        params = g.get("rayStartParams", {})
+        if any(not isinstance(v, str) for v in params.values()):
+            errs.append(f"group {gname}: rayStartParams values must be strings: {params}")
+        if "labels" in params:
+            errs.append(f"group {gname}: rayStartParams['labels'] is not supported; use the group's labels")
+        if g.get("resources") and any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")):
+            errs.append(f"group {gname}: resources set both in rayStartParams and in the group's resources")
+        limits = containers(g)[0].get("resources", {}).get("limits", {})
+        if "num-gpus" in params and quantity(params["num-gpus"]) != gpus(containers(g)[0]):
+            errs.append(f"group {gname}: rayStartParams num-gpus {params['num-gpus']} != the container's "
+                        f"nvidia.com/gpu limit {limits.get('nvidia.com/gpu', 0)}")
+        for param, res in (("num-cpus", "cpu"), ("memory", "memory")):
+            if str(params.get(param, "0")) != "0" and res in limits and quantity(params[param]) > quantity(limits[res]):
+                errs.append(f"group {gname}: rayStartParams {param} {params[param]} exceeds the {res} limit {limits[res]}")
+        if v2 and g["template"]["spec"].get("restartPolicy", "Never") != "Never":
+            errs.append(f"group {gname}: autoscaler v2 needs restartPolicy Never or unset")
+    return errs
+
+
+# --- lint ----------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.I)
+AWS_KEY = re.compile(r"AKIA[0-9A-Z]{16}")
+SHELL = re.compile(r"[;&|$`<>\\\n(){}]")
+
+
+def env_lists(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "env" and isinstance(v, list):
+                yield v
+            yield from env_lists(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from env_lists(v)
+
+
+def lint_errors(obj: dict, check_script: bool = True) -> list[str]:
+    """- secrets: no Secret objects; no env var named *KEY*/*SECRET*/*TOKEN*/
+      *PASSWORD* with a literal value (container env or runtimeEnvYAML
+      env_vars): those come from a Secret (envFrom / secretKeyRef); no string
+      that looks like an AWS access key id;
+    - GPUs: a container requesting nvidia.com/gpu has an equal limit, GPU pods
+      have requests = limits (Guaranteed QoS) and tolerate the nvidia.com/gpu
+      taint; a group named *gpu* has GPUs;
+    - every Ray container mounts /dev/shm from a memory emptyDir at least as
+      large as its group's object-store-memory;
+    - images pinned by a tag other than latest;
+    - RayJob entrypoints: `python <script>.py ...` with the script in this repo,
+      and no shell operators (the submitter pastes the entrypoint unquoted into
+      its shell command, so `a && b` would run b in the submitter pod;
+      kuberay#3929).
+    """
+    errs = []
+    if obj["kind"] == "Secret":
+        errs.append(f"Secret {obj['metadata']['name']} in the manifests: create it with kubectl (k8s/README.md)")
+    try:
+        runtime_env = yaml.safe_load(obj.get("spec", {}).get("runtimeEnvYAML") or "{}")
+    except yaml.YAMLError:
+        runtime_env = None  # operator_errors reports it
+    env_vars = [{"name": k, "value": v} for k, v in
+                (runtime_env.get("env_vars") or {} if isinstance(runtime_env, dict) else {}).items()]
+    for env in [*env_lists(obj), env_vars]:
+        for e in env:
+            if SECRET_NAME.search(e["name"]) and "value" in e:
+                errs.append(f"env {e['name']} has a literal value: use a Secret (envFrom / secretKeyRef)")
+    if AWS_KEY.search(yaml.safe_dump(obj)):
+        errs.append("an AWS access key id is written in the manifest")
+    if obj["kind"] not in RAY_KINDS:
+        return errs
+    for gname, g in groups(obj):
+        pod = g["template"]["spec"]
+        shm = {v["name"]: v.get("emptyDir", {}) for v in pod.get("volumes", [])}
+        for c in containers(g):
+            res = c.get("resources", {})
+            req, lim = res.get("requests", {}), res.get("limits", {})
+            if "nvidia.com/gpu" in req and req["nvidia.com/gpu"] != lim.get("nvidia.com/gpu"):
+                errs.append(f"group {gname}: requests nvidia.com/gpu {req['nvidia.com/gpu']} without an equal limit")
+            if gpus(c) and req != lim:
+                errs.append(f"group {gname}: a GPU container needs requests = limits (Guaranteed QoS)")
+            if not c.get("image") or split_image(c["image"])[1] in ("", "latest"):
+                errs.append(f"group {gname}: image {c.get('image')!r} is not pinned by a tag")
+            mount = [m["name"] for m in c.get("volumeMounts", []) if m["mountPath"] == "/dev/shm"]
+            vol = shm.get(mount[0]) if mount else None
+            if not vol or vol.get("medium") != "Memory" or "sizeLimit" not in vol:
+                errs.append(f"group {gname}: /dev/shm is not a sized emptyDir with medium Memory")
+            elif quantity(vol["sizeLimit"]) < quantity(g.get("rayStartParams", {}).get("object-store-memory", 0)):
+                errs.append(f"group {gname}: /dev/shm {vol['sizeLimit']} is smaller than object-store-memory")
+        has_gpus = any(gpus(c) for c in containers(g))
+        if "gpu" in gname.lower() and not has_gpus:
+            errs.append(f"group {gname}: named gpu but no container has an nvidia.com/gpu limit")
+        tolerated = any(t.get("key") == "nvidia.com/gpu" and t.get("effect", "NoSchedule") == "NoSchedule"
+                        for t in pod.get("tolerations", []))
+        if has_gpus and not tolerated:
+            errs.append(f"group {gname}: GPU pods do not tolerate the nvidia.com/gpu NoSchedule taint")
+    if obj["kind"] == "RayJob":
+        entrypoint = obj["spec"]["entrypoint"]
+        if SHELL.search(entrypoint.strip()):
+            errs.append(f"entrypoint has shell operators, which would run in the submitter pod: {entrypoint!r}")
+        path = script(entrypoint)
+        if path is None:
+            errs.append(f"entrypoint is not `python <script>.py ...`: {entrypoint!r}")
+        elif check_script and not (ROOT / path).is_file():
+            errs.append(f"entrypoint script {path} does not exist in the repository")
+    return errs
+
+
+# --- the manifests as they are -------------------------------------------------
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_renders(kdir):
+    objs = rendered(kdir)
+    assert objs, f"{kid(kdir)} renders nothing"
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert len(keys) == len(set(keys)), keys
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_ray_objects_match_the_crd_schema(kdir, crd_validators):
+    for obj in rendered(kdir):
+        if obj["kind"] in RAY_KINDS:
+            assert obj["apiVersion"] == "ray.io/v1"
+            assert schema_errors(crd_validators[obj["kind"]], obj) == []
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_other_kinds_match_their_schema(kdir):
+    for obj in rendered(kdir):
+        if obj["kind"] not in RAY_KINDS:
+            assert obj["kind"] in BUILTIN_SCHEMAS, f"add a schema for {obj['kind']} to BUILTIN_SCHEMAS"
+            jsonschema.validate(obj, BUILTIN_SCHEMAS[obj["kind"]])
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_operator_rules(kdir):
+    assert [e for o in rendered(kdir) if o["kind"] in RAY_KINDS for e in operator_errors(o)] == []
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_lint(kdir):
+    objs = rendered(kdir)
+    missing = [s for o in objs if o["kind"] == "RayJob" and (s := script(o["spec"]["entrypoint"]))
+               and not (ROOT / s).is_file()]
+    pending = PENDING in kdir.parents and bool(missing)
+    assert [e for o in objs for e in lint_errors(o, check_script=not pending)] == []
+    if pending:
+        pytest.skip(f"{kid(kdir)} is pending: {', '.join(missing)} does not exist yet; its entrypoint is "
+                    "checked automatically once it does (everything else was checked)")
+
+
+def imagenet_jobs() -> list[tuple[Path, dict]]:
+    return [(k, o) for k in KUSTOMIZATIONS for o in rendered(k)
+            if o["kind"] == "RayJob" and script(o["spec"]["entrypoint"]) == "jobs/imagenet.py"]
+
+
+def test_training_jobs_are_fixed_size_and_valid_configs():
+    from cgc_ray.train.config import ConfigError, check, parse  # noqa: PLC0415 (torchvision: only here)
+
+    base = flags(job()["spec"]["entrypoint"])
+    jobs = imagenet_jobs()
+    assert {kid(k) for k, _ in jobs} >= {"base", "overlays/1x8", "overlays/4x8", "overlays/16x8", "overlays/baseline"}
+    for kdir, obj in jobs:
+        spec = cluster_spec(obj)
+        assert not spec.get("enableInTreeAutoscaling"), f"{kid(kdir)}: DDP training runs on a fixed-size cluster"
+        total = 0
+        for _, g in groups(obj)[1:]:
+            assert g["minReplicas"] == g["replicas"] == g["maxReplicas"], kid(kdir)
+            total += g["replicas"] * sum(gpus(c) for c in containers(g))
+        entrypoint = obj["spec"]["entrypoint"]
+        try:
+            cfg = parse(shlex.split(entrypoint)[2:])
+            check(cfg, cluster_gpus=total)
+        except (SystemExit, ConfigError) as e:  # argparse exits on an unknown flag
+            pytest.fail(f"{kid(kdir)}: the entrypoint's flags do not parse ({e}): {entrypoint}")
+        used = cfg.num_workers * getattr(cfg, "gpus_per_worker", 1)
+        assert cfg.use_gpu and used == total, f"{kid(kdir)}: the workers must use all {total:g} GPUs, not {used:g}"
+        assert cfg.recipe == ("baseline" if "baseline" in kid(kdir) else "official"), kid(kdir)
+        # The overlays repeat the base entrypoint: only the size flags (and the baseline's recipe) may differ.
+        differ = {f for f in set(base) | set(flags(entrypoint)) if base.get(f) != flags(entrypoint).get(f)}
+        assert differ <= {"--num-workers", "--batch-size", "--name", "--recipe"}, f"{kid(kdir)}: {differ}"
+    names = [flags(o["spec"]["entrypoint"])["--name"] for _, o in jobs]
+    assert len(names) == len(set(names)), f"two jobs would share a run (and its checkpoints): {names}"
+    sizes = {kid(k): cluster_spec(o)["workerGroupSpecs"][0]["replicas"] for k, o in jobs}
+    assert (sizes["overlays/1x8"], sizes["overlays/4x8"], sizes["overlays/16x8"]) == (1, 4, 16)
+
+
+@functools.cache
+def job_module(path: str):
+    """A job script imported as a module (its top level only: no main())."""
+    spec = importlib.util.spec_from_file_location(f"_k8s_job_{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
+def test_entrypoint_flags_parse(kdir):
+    """Every job script's own `parse` (the jobs/ convention) accepts the flags."""
+    jobs = [o for o in rendered(kdir) if o["kind"] == "RayJob"]
+    checked = 0
+    for obj in jobs:
+        path, entrypoint = script(obj["spec"]["entrypoint"]), obj["spec"]["entrypoint"]
+        if not (ROOT / path).is_file() or not hasattr(job_module(path), "parse"):
+            continue
+        try:
+            job_module(path).parse(shlex.split(entrypoint)[2:])
+        except SystemExit:  # argparse: unknown flag, missing required flag, bad value
+            pytest.fail(f"{kid(kdir)}: {path} does not accept its entrypoint's flags: {entrypoint}")
+        checked += 1
+    if jobs and not checked:
+        pytest.skip(f"{kid(kdir)}: no job script with a parse() function to check the flags with yet")
+
+
+def test_job_names_are_unique():
+    names = [o["metadata"]["name"] for k in KUSTOMIZATIONS for o in rendered(k) if o["kind"] == "RayJob"]
+    assert len(names) == len(set(names)), names
+
+
+@pytest.mark.parametrize("kdir", ["cluster", "pending/lambda-sweep", "pending/fewshot"])
+def test_autoscaled_clusters_use_autoscaler_v2_from_zero_gpu_nodes(kdir):
+    (obj,) = [o for o in rendered(K8S / kdir) if o["kind"] in RAY_KINDS]
+    spec = cluster_spec(obj)
+    assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["version"] == "v2"
+    for gname, g in groups(obj)[1:]:
+        assert g["minReplicas"] == 0 and g["maxReplicas"] >= 1, gname
+
+
+def test_head_takes_no_training_work():
+    for kdir in KUSTOMIZATIONS:
+        for obj in rendered(kdir):
+            if obj["kind"] in RAY_KINDS:
+                _, head = groups(obj)[0]
+                assert head["rayStartParams"]["num-cpus"] == "0", kid(kdir)
+                assert not any(gpus(c) for c in containers(head)), kid(kdir)
+
+
+def test_s3_credentials_come_from_the_secret():
+    for kdir in KUSTOMIZATIONS:
+        for obj in rendered(kdir):
+            if obj["kind"] in RAY_KINDS:
+                for gname, g in groups(obj):
+                    refs = [e["secretRef"]["name"] for c in containers(g) for e in c.get("envFrom", [])]
+                    assert refs == ["cgc-ray-s3"], f"{kid(kdir)} {gname}"
+
+
+def test_podmonitor_scrapes_every_ray_pod_on_its_metrics_port():
+    (monitor,) = rendered(K8S / "monitoring")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    for kdir in KUSTOMIZATIONS:
+        for obj in rendered(kdir):
+            if obj["kind"] not in RAY_KINDS:
+                continue
+            for gname, g in groups(obj):
+                where = f"{kid(kdir)} {gname}"
+                meta = g["template"]["metadata"]
+                assert selector.items() <= meta["labels"].items(), where
+                port = g["rayStartParams"]["metrics-export-port"]
+                (c,) = containers(g)
+                assert {"name": endpoint["port"], "containerPort": int(port)} in c["ports"], where
+                assert meta["annotations"]["prometheus.io/port"] == port, where
+
+
+# --- the Dockerfile --------------------------------------------------------------
+
+def pyproject() -> tuple[str, SpecifierSet, SpecifierSet]:
+    text = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)[1]
+    python = SpecifierSet(re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M)[1])
+    ray = next(Requirement(d) for d in re.findall(r'"(ray\[[^"]*)"', text))
+    return version, python, ray.specifier
+
+
+def dockerfile() -> dict:
+    text = (ROOT / "Dockerfile").read_text()
+    m = re.search(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-gpu\s*$", text, re.M)
+    assert m, "the Dockerfile must start FROM rayproject/ray:<version>-py3<minor>-gpu"
+    title = re.search(r'org\.opencontainers\.image\.title="([^"]*)"', text)
+    version = re.search(r"^ARG CGC_RAY_VERSION=(\S+)$", text, re.M)
+    assert 'org.opencontainers.image.version="${CGC_RAY_VERSION}"' in text
+    return {"text": text, "ray": m[1], "python": f"3.{m[2]}", "title": title and title[1],
+            "version": version and version[1]}
+
+
+def test_dockerfile_pins_the_ray_and_package_versions():
+    version, python, ray = pyproject()
+    d = dockerfile()
+    assert d["ray"] in ray, f"FROM rayproject/ray:{d['ray']} is outside pyproject's ray{ray}"
+    assert d["python"] in python
+    assert d["version"] == version, "the image's version (ARG CGC_RAY_VERSION) must be the package version"
+    assert f"ray.__version__ == '{d['ray']}'" in d["text"], "the build checks the Ray version of FROM"
+    assert re.search(r"^WORKDIR /\S+", d["text"], re.M) and re.search(r"^COPY .*\s\.\s*$", d["text"], re.M)
+    assert "pip install --no-cache-dir ." in d["text"]
+    for kdir in KUSTOMIZATIONS:
+        for obj in rendered(kdir):
+            if obj["kind"] in RAY_KINDS:
+                assert cluster_spec(obj)["rayVersion"] == d["ray"], kid(kdir)
+
+
+def test_manifests_run_the_image_the_dockerfile_builds():
+    d = dockerfile()
+    for kdir in KUSTOMIZATIONS:
+        ray_objs = [o for o in rendered(kdir) if o["kind"] in RAY_KINDS]
+        for c in [c for obj in ray_objs for _, g in groups(obj) for c in containers(g)]:
+            name, tag = split_image(c["image"])
+            assert (name.rsplit("/", 1)[-1], tag) == (d["title"], d["version"]), f"{kid(kdir)}: {c['image']}"
+    for f in K8S.rglob("*.yaml"):
+        assert "git clone" not in f.read_text(), f"{f}: the code comes from the image"
+
+
+def test_dockerignore_keeps_runs_git_and_caches_out():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", "runs/", "**/__pycache__", ".pytest_cache"} <= set(ignored)
+
+
+# --- the renderer and the rules must be able to fail -------------------------------
+
+def test_renderer(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "kustomization.yaml").write_text("resources: [job.yaml]\n")
+    (tmp_path / "base" / "job.yaml").write_text(yaml.safe_dump(
+        {"kind": "RayJob", "metadata": {"name": "j"},
+         "spec": {"a": {"containers": [{"image": "img:1"}, {"image": "other:1"}]}, "l": [1, 2], "x": 1}}))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": ["../base"], "nameSuffix": "-s", "images": [{"name": "img", "newName": "reg:5000/img", "newTag": "2"}],
+        "patches": [{"target": {"kind": "RayJob"}, "patch": yaml.safe_dump([
+            {"op": "test", "path": "/spec/x", "value": 1}, {"op": "replace", "path": "/spec/x", "value": 2},
+            {"op": "add", "path": "/spec/l/-", "value": 3}, {"op": "remove", "path": "/spec/l/0"},
+            {"op": "add", "path": "/spec/y~1z", "value": {"k": "v"}}])}]}))
+    (obj,) = render(tmp_path / "o")
+    assert obj["metadata"]["name"] == "j-s"
+    assert obj["spec"] == {"a": {"containers": [{"image": "reg:5000/img:2"}, {"image": "other:1"}]},
+                           "l": [2, 3], "x": 2, "y/z": {"k": "v"}}
+    (tmp_path / "o" / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["../base"], "patches": [
+        {"target": {"kind": "RayJob"}, "patch": "[{op: test, path: /spec/x, value: 5}]"}]}))
+    with pytest.raises(AssertionError, match="test failed"):
+        render(tmp_path / "o")
+    (tmp_path / "o" / "kustomization.yaml").write_text("resources: [../base]\ncommonLabels: {a: b}\n")
+    with pytest.raises(AssertionError, match="does not implement"):
+        render(tmp_path / "o")
+
+
+def test_schema_rejects_a_typo(crd_validators):
+    obj = job()
+    assert schema_errors(crd_validators["RayJob"], obj) == []
+    group = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    group["replica"] = group.pop("replicas")
+    assert any("'replica' was unexpected" in e for e in schema_errors(crd_validators["RayJob"], obj))
+    cluster = job(K8S / "cluster", "RayCluster")
+    cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
+    assert any("is not of type 'string'" in e for e in schema_errors(crd_validators["RayCluster"], cluster))
+
+
+def _set(path: str, value):
+    def mutate(obj):
+        *parents, last = path.split(".")
+        node = obj
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        node[int(last) if isinstance(node, list) else last] = value
+    return mutate
+
+
+RJ = "spec.rayClusterSpec"
+WORKER = f"{RJ}.workerGroupSpecs.0"
+WORKER_C = f"{WORKER}.template.spec.containers.0"
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_set("metadata.name", "cgc-" + "x" * 44), "longer than 47"),
+    (_set("metadata.name", "4x8-cgc"), "DNS-1035"),
+    (_set(f"{WORKER}.minReplicas", 2), "minReplicas <= replicas <= maxReplicas"),
+    (_set("spec.shutdownAfterJobFinishes", False), "needs shutdownAfterJobFinishes"),
+    (_set(f"{RJ}.headGroupSpec.rayStartParams.num-cpus", 0), "must be strings"),
+    (_set(f"{WORKER}.rayStartParams.labels", "a=b"), "labels"),
+    (_set(f"{WORKER}.resources", {"GPU": "8"}), "both in rayStartParams and in the group's resources"),
+    (_set(f"{WORKER}.rayStartParams.num-gpus", "4"), "num-gpus 4 != the container's nvidia.com/gpu limit 8"),
+    (_set(f"{WORKER}.rayStartParams.num-cpus", "96"), "num-cpus 96 exceeds the cpu limit"),
+    (_set("spec.runtimeEnvYAML", "- a\n- b\n"), "not a YAML mapping"),
+    (_set("spec.runtimeEnvYAML", "env_vars: {a: [\n"), "not valid YAML"),
+])
+def test_operator_rule_fires(mutate, message):
+    obj = job()
+    params = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"]
+    params.update({"num-cpus": "64", "num-gpus": "8"})  # allowed: they agree with the container limits
+    assert operator_errors(obj) == []
+    mutate(obj)
+    assert any(message in e for e in operator_errors(obj)), operator_errors(obj)
+
+
+def test_operator_rule_fires_autoscaler_v2_restart_policy():
+    obj = job(K8S / "cluster", "RayCluster")
+    assert operator_errors(obj) == []
+    _set("spec.workerGroupSpecs.0.template.spec.restartPolicy", "Always")(obj)
+    assert any("restartPolicy" in e for e in operator_errors(obj))
+
+
+SECRET_ENV = [{"name": "AWS_SECRET_ACCESS_KEY", "value": "not-a-real-secret"}]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_set(f"{WORKER_C}.env", SECRET_ENV), "AWS_SECRET_ACCESS_KEY has a literal value"),
+    (_set(f"{RJ}.headGroupSpec.template.spec.containers.0.env", [{"name": "HF_TOKEN", "value": "x"}]),
+     "HF_TOKEN has a literal value"),
+    (_set("spec.runtimeEnvYAML", "env_vars: {DB_PASSWORD: hunter2}"), "DB_PASSWORD has a literal value"),
+    (_set("metadata.labels.note", "AKIA" + "ABCDEFGHIJKLMNOP"), "AWS access key"),
+    (_set(f"{WORKER_C}.resources.limits", {"cpu": "64", "memory": "512Gi"}), "without an equal limit"),
+    (_set(f"{WORKER_C}.resources.requests.cpu", "32"), "requests = limits"),
+    (_set(f"{WORKER_C}.resources", {}), "named gpu but no container has an nvidia.com/gpu limit"),
+    (_set(f"{WORKER}.template.spec.tolerations", []), "do not tolerate the nvidia.com/gpu"),
+    (_set(f"{WORKER_C}.volumeMounts", []), "/dev/shm is not a sized emptyDir"),
+    (_set(f"{WORKER}.template.spec.volumes.0.emptyDir.sizeLimit", "64Gi"), "smaller than object-store-memory"),
+    (_set(f"{WORKER_C}.image", "cgc-ray:latest"), "not pinned"),
+    (_set(f"{WORKER_C}.image", "cgc-ray"), "not pinned"),
+    (_set("spec.entrypoint", "python jobs/imagenett.py --use-gpu"), "jobs/imagenett.py does not exist"),
+    (_set("spec.entrypoint", "bash -c 'python jobs/imagenet.py'"), "is not `python <script>.py"),
+    (_set("spec.entrypoint", "python jobs/imagenet.py && rm -rf runs"), "shell operators"),
+    (_set("spec.entrypoint", "python jobs/imagenet.py --name $RUN"), "shell operators"),
+])
+def test_lint_rule_fires(mutate, message):
+    obj = job()
+    assert lint_errors(obj) == []
+    mutate(obj)
+    assert any(message in e for e in lint_errors(obj)), lint_errors(obj)
+
+
+def test_lint_rejects_a_committed_secret():
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cgc-ray-s3"},
+              "stringData": {"AWS_ACCESS_KEY_ID": "placeholder"}}
+    assert any("create it with kubectl" in e for e in lint_errors(secret))
