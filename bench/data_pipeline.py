@@ -72,7 +72,7 @@ def time_ray(root: Path, cores: int, batch: int, epochs: int, object_store_mb: i
     from cgc_ray.data.indexers import load_or_build
     from cgc_ray.data.pipeline import DataSettings, train_dataset
 
-    ray.init(num_cpus=cores, object_store_memory=object_store_mb * 2**20, include_dashboard=False)
+    ray.init(address="local", num_cpus=cores, object_store_memory=object_store_mb * 2**20, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     _, uri = load_or_build("folder", str(root), "train")
     ds = train_dataset(uri, "official", DataSettings())

@@ -29,7 +29,7 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     metrics_port = free_port()
-    ray.init(num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
              _metrics_export_port=metrics_port, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield {"metrics_port": metrics_port}
