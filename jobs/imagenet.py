@@ -11,6 +11,9 @@ a YAML file given with --config.
 
 import logging
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .` without install
 
 from cgc_ray.train.config import ConfigError, parse
 from cgc_ray.train.service import run
