@@ -2,7 +2,8 @@
 
 `sample_crop_flip` draws T's parameters on the CPU (torchvision's algorithm);
 `crop_resize_flip` applies them to a whole batch of images or heatmaps on
-their device in one gather, with no Python loop and no host synchronisation.
+their device in two batched matrix products, with no Python loop and no host
+synchronisation.
 The resampling reproduces `F.interpolate(crop, size, mode="bilinear",
 align_corners=False)` of each crop exactly, which is what the authors applied
 to the heatmaps one image at a time.
@@ -72,33 +73,35 @@ def _source_index(start, length, out_size: int, dtype=torch.float32):
     return start[:, None] + i0, start[:, None] + i1, lam
 
 
+def _weights(start, length, out_size: int, in_size: int, dtype) -> torch.Tensor:
+    """(B, out, in) bilinear resampling matrices: two non-zero weights a row."""
+    i0, i1, lam = _source_index(start, length, out_size, dtype)
+    w = torch.zeros(start.shape[0], out_size, in_size, dtype=dtype, device=start.device)
+    w.scatter_add_(2, i0[..., None], (1 - lam)[..., None])
+    return w.scatter_add_(2, i1[..., None], lam[..., None])
+
+
 def crop_resize_flip(maps: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor,
                      size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """Crop each map to its box, resize bilinearly to `size`, flip if flagged.
 
     maps: (B, H, W) or (B, C, H, W); crop: (B, 4) int (top, left, height,
     width) in pixels of `maps`; flip: (B,) bool. Differentiable in `maps`.
+    Separable resampling as two batched matrix products, Wy @ map @ Wx^T: on a
+    GPU that is faster than gathers, and its backward needs no atomics.
     """
     squeeze = maps.dim() == 3
     x = maps.unsqueeze(1) if squeeze else maps
-    b, c, _, w_in = x.shape
+    h_in, w_in = x.shape[-2:]
     out_h, out_w = (x.shape[-2:] if size is None else
                     (size, size) if isinstance(size, int) else size)
     crop = crop.to(device=x.device, dtype=torch.int64, non_blocking=True)
     flip = flip.to(device=x.device, dtype=torch.bool, non_blocking=True)
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    y0, y1, ly = _source_index(crop[:, 0], crop[:, 2], out_h, dtype)
-    x0, x1, lx = _source_index(crop[:, 1], crop[:, 3], out_w, dtype)
-    # A flip reverses the output columns: reverse the sampling grid instead.
-    rev = flip[:, None]
-    x0, x1, lx = (torch.where(rev, t.flip(-1), t) for t in (x0, x1, lx))
-
-    ly = ly.to(x.dtype)[:, None, :, None]
-    lx = lx.to(x.dtype)[:, None, None, :]
-    rows = lambda idx: x.gather(2, idx[:, None, :, None].expand(b, c, out_h, w_in))
-    r = rows(y0) * (1 - ly) + rows(y1) * ly
-    cols = lambda idx: r.gather(3, idx[:, None, None, :].expand(b, c, out_h, out_w))
-    out = cols(x0) * (1 - lx) + cols(x1) * lx
+    index_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wy = _weights(crop[:, 0], crop[:, 2], out_h, h_in, index_dtype).to(x.dtype)
+    wx = _weights(crop[:, 1], crop[:, 3], out_w, w_in, index_dtype).to(x.dtype)
+    wx = torch.where(flip[:, None, None], wx.flip(1), wx)  # a flip reverses the output columns
+    out = wy[:, None] @ x @ wx.transpose(1, 2)[:, None]
     return out.squeeze(1) if squeeze else out
 
 

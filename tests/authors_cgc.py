@@ -47,7 +47,7 @@ def authors_step(model, batch, lam, tau):
     size = tuple(images.shape[-2:])
     xe_out = _forward_with_feats(model, batch["xe"])[0]
     img_out, img_feats = _forward_with_feats(model, images)
-    target = np.argmax(img_out.detach().cpu().numpy(), axis=-1)
+    target = np.argmax(img_out.detach().float().cpu().numpy(), axis=-1)
     orig_mask = _gradcam_mask(img_out, img_feats, target, size)
     aug_out, aug_feats = _forward_with_feats(model, batch["aug"])
     aug_mask = _gradcam_mask(aug_out, aug_feats, target, size)
