@@ -26,6 +26,8 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     manifest_dir: str | None = None    # where manifests are cached (default: next to the data)
+    train_manifest: str | None = None  # a manifest URI used as is (no indexing): an episode, a label split
+    val_manifest: str | None = None
     s3_endpoint: str | None = None     # overrides AWS_ENDPOINT_URL(_S3)
     s3_region: str | None = None
     image_size: int = 224
@@ -67,6 +69,7 @@ class TrainConfig:
     # scaling
     num_workers: int = 2
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0       # a fraction (e.g. 0.25) lets several small runs share a GPU
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"   # or SPREAD, STRICT_PACK, STRICT_SPREAD (Ray placement groups)
     # run
@@ -130,10 +133,13 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(cfg.image_size <= cfg.resize_size, f"--image-size {cfg.image_size} > --resize-size {cfg.resize_size}")
     need(not cfg.sync_bn or cfg.num_workers > 1, "--sync-bn needs more than one worker")
     need(not (cfg.precision == "fp16" and not cfg.use_gpu), "--precision fp16 needs --use-gpu (use bf16 on the CPU)")
-    need(cfg.dataset == "embedded" or cfg.data, f"--data is required for --dataset {cfg.dataset}")
+    need(cfg.dataset == "embedded" or cfg.data or (cfg.train_manifest and cfg.val_manifest),
+         f"--data is required for --dataset {cfg.dataset}")
+    need(cfg.gpus_per_worker > 0, f"--gpus-per-worker must be > 0, got {cfg.gpus_per_worker}")
     if cfg.use_gpu and cluster_gpus is not None:
-        need(cluster_gpus >= cfg.num_workers,
-             f"--use-gpu with --num-workers {cfg.num_workers} needs {cfg.num_workers} GPUs; the cluster has {cluster_gpus:g}")
+        gpus = cfg.num_workers * cfg.gpus_per_worker
+        need(cluster_gpus >= gpus,
+             f"--use-gpu with --num-workers {cfg.num_workers} needs {gpus:g} GPUs; the cluster has {cluster_gpus:g}")
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:

@@ -19,8 +19,10 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..data.embedded import ensure_embedded
 from ..data.indexers import load_or_build
 from ..data.manifest import Manifest
+from ..data.manifest import read as read_manifest
 from ..data.pipeline import DataSettings, data_config, open_ledger, train_dataset, val_dataset
 from ..data.storage import StorageOptions, exists, resolve, split_uri, write_bytes
 from .config import ConfigError, TrainConfig, check
@@ -40,8 +42,8 @@ def run(cfg: TrainConfig) -> dict:
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job log shows our progress lines
     check(cfg, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
 
-    train_m, train_uri = _manifest(cfg, cfg.train_split, storage)
-    val_m, val_uri = _manifest(cfg, cfg.val_split, storage)
+    train_m, train_uri = _manifest(cfg, cfg.train_split, storage, cfg.train_manifest)
+    val_m, val_uri = _manifest(cfg, cfg.val_split, storage, cfg.val_manifest)
     if val_m.classes != train_m.classes:
         raise ConfigError(f"{cfg.val_split} and {cfg.train_split} splits have different classes")
     steps_per_epoch = len(train_m) // cfg.batch_size
@@ -61,7 +63,7 @@ def run(cfg: TrainConfig) -> dict:
                            "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                           **({"GPU": 1} if cfg.use_gpu else {})},
+                                                           **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})},
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(name=cfg.name, storage_path=run_root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -76,6 +78,7 @@ def run(cfg: TrainConfig) -> dict:
     result = trainer.fit()
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
+    summary.update(train_manifest=train_uri, val_manifest=val_uri)
     write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
     print(f"checkpoints: {summary['checkpoint']}\nsummary: {_run_uri(cfg)}/summary.json\n"
           f"final: val top-1 {summary['val_top1']:.2f}%, val CGC loss {summary['val_cgc_loss']:.4f}", flush=True)
@@ -89,9 +92,12 @@ def _readable(uri: str, storage: StorageOptions) -> bool:
         return False
 
 
-def _manifest(cfg: TrainConfig, split: str, storage: StorageOptions) -> tuple[Manifest, str]:
+def _manifest(cfg: TrainConfig, split: str, storage: StorageOptions, given: str | None = None) -> tuple[Manifest, str]:
+    if given:  # a manifest made elsewhere (a few-shot episode, a label split): read as is
+        return read_manifest(given, storage), given
     where = f"{cfg.manifest_dir.rstrip('/')}/{cfg.dataset}-{split}.parquet" if cfg.manifest_dir else None
-    return load_or_build(cfg.dataset, cfg.data or "", split, where, storage)
+    root = cfg.data or (str(ensure_embedded()) if cfg.dataset == "embedded" else "")
+    return load_or_build(cfg.dataset, root, split, where, storage)
 
 
 def _run_uri(cfg: TrainConfig) -> str:

@@ -1,0 +1,135 @@
+"""What the sweep jobs share: their common flags, the base training
+configuration, and the data subsets they write before the sweep starts.
+
+A job's own flags (the grid, --name, --storage-path, CH and resource flags)
+are parsed here; every other flag is a training option handed to
+`cgc_ray.train.config.parse` (any TrainConfig field, or `--config x.yaml`),
+so `--epochs 1 --arch resnet50 --weights s3://...` work as in jobs/imagenet.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from ..data.indexers import load_or_build
+from ..data.manifest import write as write_manifest
+from ..data.storage import StorageOptions
+from ..evaluation.content_heatmap import PROTOCOLS
+from ..train import config
+from ..train.config import ConfigError, TrainConfig
+from . import episodes
+from .runner import Sweep
+
+# The no-argument runs: the embedded set on a laptop, a few minutes a sweep.
+TINY = dict(image_size=64, resize_size=73, epochs=1, batch_size=16, num_workers=1, cpus_per_worker=0.5,
+            val_batch_size=16, val_batches=4, log_every_steps=10)
+
+
+def parser(description: str, name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Every other flag is a training option (python jobs/imagenet.py --help).")
+    p.add_argument("--name", default=name, help="sweep name; a re-run with the same name and storage resumes it")
+    p.add_argument("--storage-path", default=os.path.abspath("runs"), help="local folder or s3:// prefix")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs of one trial, over its workers; a fraction (0.25) lets trials share a GPU; 0: CPU")
+    p.add_argument("--max-concurrent-trials", type=int,
+                   help="default: what the cluster's CPUs/GPUs allow (a running trial needs a free CPU for its input)")
+    p.add_argument("--ch-images", type=int, help="validation images with boxes scored for CH (default 500; 64 "
+                   "on the embedded set)")
+    p.add_argument("--ch-short-side", type=int, help="CH input short side (default 448, the authors'; 128 on the "
+                   "embedded set)")
+    p.add_argument("--ch-protocol", default="resize", choices=PROTOCOLS)
+    p.add_argument("--table-only", action="store_true", help="rewrite the tables from stored results; run nothing")
+    return p
+
+
+def add_subset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-per-class", type=int,
+                   help="train on this many images per class of the training split (a seeded subset, for quick checks)")
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def datasets(text: str) -> list[tuple[str, str | None]]:
+    """"cub=s3://b/CUB_200_2011,flowers=/data/flowers" or "embedded" -> [(name, root)]."""
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, _, root = item.partition("=")
+        out.append((name, root or None))
+    return out
+
+
+def train_config(train_argv: list[str], preset: dict | None = None) -> TrainConfig:
+    """The training options: on the embedded set the TINY preset, else `preset`;
+    the user's flags win over either."""
+    tiny = config.parse(train_argv).dataset == "embedded"
+    values = TINY if tiny else (preset or {})
+    return config.parse([*_flags(values), *train_argv])
+
+
+def _flags(values: dict) -> list[str]:
+    out = []
+    for k, v in values.items():
+        flag = "--" + k.replace("_", "-")
+        out += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
+    return out
+
+
+def with_gpus(cfg: TrainConfig, gpus_per_trial: float) -> TrainConfig:
+    if gpus_per_trial <= 0:
+        return cfg
+    return dataclasses.replace(cfg, use_gpu=True, gpus_per_worker=gpus_per_trial / cfg.num_workers)
+
+
+def fit_batch(cfg: TrainConfig, train_images: int) -> TrainConfig:
+    """A global batch no larger than a small training set (an episode), so an
+    epoch still takes one step."""
+    if cfg.batch_size <= train_images:
+        return cfg
+    batch = train_images - train_images % cfg.num_workers
+    return dataclasses.replace(cfg, batch_size=batch) if batch >= 2 * cfg.num_workers else cfg
+
+
+def sweep(args, cfg: TrainConfig) -> Sweep:
+    return Sweep(args.name, args.storage_path, StorageOptions(endpoint_url=cfg.s3_endpoint, region=cfg.s3_region))
+
+
+def ch_settings(args, cfg: TrainConfig) -> dict:
+    tiny = cfg.dataset == "embedded"
+    return {"images": args.ch_images or (64 if tiny else 500),
+            "short_side": args.ch_short_side or (128 if tiny else 448), "protocol": args.ch_protocol}
+
+
+def manifest(cfg: TrainConfig, split: str, storage: StorageOptions):
+    where = f"{cfg.manifest_dir.rstrip('/')}/{cfg.dataset}-{split}.parquet" if cfg.manifest_dir else None
+    return load_or_build(cfg.dataset, cfg.data or "", split, where, storage)[0]
+
+
+def per_class_subset(cfg: TrainConfig, sw: Sweep, per_class: int | None, seed: int = 0) -> TrainConfig:
+    """Train on `per_class` images of each class of the training split (a quick
+    check of a grid); validation stays the validation split. None: all."""
+    if not per_class:
+        return cfg
+    ep = episodes.episode(manifest(cfg, cfg.train_split, sw.storage), per_class, seed)
+    uri = sw.path("subsets", f"{cfg.dataset}-{cfg.train_split}-{per_class}per-class-seed{seed}.parquet")
+    write_manifest(ep.train, uri, sw.storage)
+    return dataclasses.replace(cfg, train_manifest=uri)
+
+
+def main(job, argv=None) -> int:
+    """Runs a job's `job(argv) -> failed trials`; a bad request is a message, exit code 2."""
+    try:
+        return 1 if job(argv) else 0
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

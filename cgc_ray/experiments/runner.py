@@ -1,0 +1,235 @@
+"""Sweeps on Ray Tune: one trial = one training run + its evaluation.
+
+The trial function builds a TrainConfig from its spec and runs the training
+service (`service.run`: a TorchTrainer started inside the Tune trial, Ray's
+Train-in-Tune pattern), scores CH on validation images with boxes in a Ray
+task that takes the resources the training just released, stores one JSON
+row (tags, metrics, full config, seed, code version) and reports it with
+`ray.tune.report`. The experiment math lives in the Ray-free modules
+(`episodes`, `tables`, `evaluate`); this one only moves things around.
+
+Under <storage_path>/<name>/ (a local path or s3://):
+
+    tuner.pkl, experiment_state-*.json, trial-<key>/   Ray Tune's experiment
+    runs/<key>/                     each trial's training run (checkpoints, summary.json)
+    results/<key>.json              the trial's row
+    attempts/<key>-<ns>.json        one per training started for the trial
+    specs.json                      the sweep's trials: a re-run must ask for the same
+    results.jsonl, <table>.md/.csv  regenerated from results/ (alone with --table-only)
+
+An interrupted sweep re-run with the same name and storage path is restored
+(`Tuner.restore`): finished trials are not rerun, unfinished and failed ones
+run again and their training continues from its last checkpoint. A trial
+whose row is already stored returns that row without training, for the case
+where the driver died after the row was written but before Tune recorded the
+trial as finished.
+
+Resources: a trial holds a token CPU share (it only waits on its trainer);
+the trainer's workers hold `cpus_per_worker` (and `gpus_per_worker`, a
+fraction lets several small trials share a GPU) each. Unless given, the
+number of concurrent trials is what the cluster's CPUs (a trial's workers
+plus one CPU for its input tasks) and GPUs allow.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import ray
+from ray import tune
+
+from ..data.indexers import child
+from ..data.storage import StorageOptions, exists, list_dir, read_bytes, resolve, write_bytes
+from ..train import service
+from ..train.config import ConfigError, TrainConfig, check
+from . import tables
+from .evaluate import checkpoint_ch
+
+TRIAL_CPUS = 0.01  # the trial process only drives its TorchTrainer
+DATA_CPUS = 1.0    # room for a trial's Ray Data tasks, counted when sizing concurrency
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    storage_path: str
+    storage: StorageOptions = field(default_factory=StorageOptions)
+
+    @property
+    def uri(self) -> str:
+        return child(self.storage_path, self.name)
+
+    def path(self, *parts: str) -> str:
+        return child(self.uri, *parts)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """`git describe` of the checkout the code runs from, else the package version."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).resolve().parent)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return "cgc-ray " + importlib.metadata.version("cgc-ray")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> dict:
+    """One trial: its training run lives at <sweep>/runs/<key>."""
+    train = {**cfg.to_dict(), "name": key, "storage_path": sweep.path("runs")}
+    check(TrainConfig(**train))  # a bad grid point fails before anything starts
+    if cfg.data and not _readable(cfg.data, _storage(cfg)):
+        raise ConfigError(f"--data {cfg.data} does not exist or cannot be read")
+    return {"key": key, "tags": tags, "train": train, "ch": ch, "sweep": sweep.uri, "code_version": code_version()}
+
+
+# --- inside a Tune trial -------------------------------------------------------------------------
+
+def trial(config: dict) -> None:
+    """The Tune function trainable."""
+    spec = config["spec"]
+    cfg = TrainConfig(**spec["train"])
+    storage = _storage(cfg)
+    row_uri = child(spec["sweep"], "results", f"{spec['key']}.json")
+    if exists(row_uri, storage):
+        row = json.loads(read_bytes(row_uri, storage))
+    else:
+        row = _train_and_evaluate(spec, cfg, storage)
+        write_bytes(row_uri, json.dumps(row, indent=1).encode(), storage)
+    tune.report({k: row[k] for k in ("top1", "top5", "val_cgc_loss", "ch", "key")})
+
+
+def _train_and_evaluate(spec: dict, cfg: TrainConfig, storage: StorageOptions) -> dict:
+    started = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    write_bytes(child(spec["sweep"], "attempts", f"{spec['key']}-{time.time_ns()}.json"),
+                json.dumps({"key": spec["key"], "trial_id": trial_id, "started": started}).encode(), storage)
+    summary = service.run(cfg)
+    ch = ray.get(_ch_task.options(**_eval_resources(cfg)).remote(
+        summary["checkpoint"], summary["val_manifest"], storage, spec["ch"]))
+    return {**spec["tags"], "key": spec["key"], "sweep": spec["sweep"], "seed": cfg.seed,
+            "top1": summary["val_top1"], "top5": summary["val_top5"], "val_cgc_loss": summary["val_cgc_loss"],
+            **ch, "ch_settings": spec["ch"], "code_version": spec["code_version"], "trial_id": trial_id,
+            "started": started, "finished": time.time(), "config": cfg.to_dict(), "summary": summary}
+
+
+@ray.remote
+def _ch_task(checkpoint: str, manifest: str, storage: StorageOptions, settings: dict) -> dict:
+    return checkpoint_ch(checkpoint, manifest, limit=settings["images"], short_side=settings["short_side"],
+                         protocol=settings["protocol"], storage=storage)
+
+
+def _eval_resources(cfg: TrainConfig) -> dict:
+    """One worker's share; "DEFAULT" scheduling: outside the trial's tiny placement group."""
+    return {"num_cpus": cfg.cpus_per_worker, "num_gpus": cfg.gpus_per_worker if cfg.use_gpu else 0,
+            "scheduling_strategy": "DEFAULT"}
+
+
+@functools.lru_cache(maxsize=64)
+def _readable(uri: str, storage: StorageOptions) -> bool:
+    try:
+        return exists(uri, storage)
+    except OSError:
+        return False
+
+
+def _storage(cfg: TrainConfig) -> StorageOptions:
+    return StorageOptions(endpoint_url=cfg.s3_endpoint, region=cfg.s3_region)
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, table_only: bool = False,
+              max_concurrent: int | None = None) -> int:
+    """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
+    failed = [] if table_only else _tune(sweep, specs, max_concurrent)
+    rows = load_rows(sweep)
+    if not rows:
+        print(f"no results stored under {sweep.path('results')}", flush=True)
+    else:
+        write_tables(sweep, rows, layouts)
+    for error in failed:
+        print(f"trial failed: {error}", flush=True)
+    return len(failed)
+
+
+def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    fs, root = resolve(sweep.storage_path, sweep.storage)
+    path = f"{root}/{sweep.name}"
+    trainable = tune.with_resources(trial, {"cpu": TRIAL_CPUS})
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        _check_same_trials(sweep, specs)
+        print(f"resuming sweep {sweep.uri}: finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, restart_errored=True, storage_filesystem=fs)
+    else:
+        keys = [s["key"] for s in specs]
+        write_bytes(sweep.path("specs.json"), json.dumps({"keys": keys, "specs": specs}, indent=1).encode(),
+                    sweep.storage)
+        concurrent = max_concurrent or max_concurrent_trials(ray.cluster_resources(), specs[0]["train"])
+        print(f"sweep {sweep.uri}: {len(specs)} trials, up to {concurrent} at a time", flush=True)
+        tuner = tune.Tuner(
+            trainable, param_space={"spec": tune.grid_search(specs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=fs, verbose=1))
+    return [r.error for r in tuner.fit() if r.error]
+
+
+def _trial_dir(t) -> str:
+    return f"trial-{t.config['spec']['key']}"
+
+
+def _check_same_trials(sweep: Sweep, specs: list[dict]) -> None:
+    """A restored sweep runs the trials it was started with: refuse a request for others."""
+    stored = {s["key"]: s for s in json.loads(read_bytes(sweep.path("specs.json"), sweep.storage))["specs"]}
+    if sorted(stored) != sorted(s["key"] for s in specs):
+        raise ValueError(f"sweep {sweep.uri} was started with other trials ({len(stored)}: {sorted(stored)[:4]}...); "
+                         "re-run it with the same grid, or use another --name")
+    for s in specs:
+        old = stored[s["key"]]
+        changed = sorted(k for k in {*s["train"], *old["train"]} if s["train"].get(k) != old["train"].get(k))
+        if changed or s["ch"] != old["ch"]:
+            raise ValueError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
+                             f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
+
+
+def max_concurrent_trials(resources: dict, train: dict) -> int:
+    """Trials that fit at once: each needs its workers' CPUs plus one for its
+    input tasks (and its workers' GPU shares)."""
+    need = {"CPU": TRIAL_CPUS + DATA_CPUS + train["num_workers"] * train["cpus_per_worker"]}
+    if train["use_gpu"]:
+        need["GPU"] = train["num_workers"] * train["gpus_per_worker"]
+    return max(1, int(min(resources.get(k, 0.0) // v for k, v in need.items())))
+
+
+def load_rows(sweep: Sweep) -> list[dict]:
+    try:
+        files = [i.path for i in list_dir(sweep.path("results"), sweep.storage) if i.path.endswith(".json")]
+    except (FileNotFoundError, OSError):
+        return []
+    scheme = sweep.uri.split("://")[0] + "://" if "://" in sweep.uri else ""
+    return sorted((json.loads(read_bytes(scheme + f, sweep.storage)) for f in files), key=lambda r: r["key"])
+
+
+def write_tables(sweep: Sweep, rows: list[dict], layouts: dict[str, Callable]) -> None:
+    """results.jsonl and each layout as <name>.md and <name>.csv, from the stored rows only."""
+    write_bytes(sweep.path("results.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode(), sweep.storage)
+    for name, layout in layouts.items():
+        table = layout(rows)
+        write_bytes(sweep.path(f"{name}.md"), tables.to_markdown(table).encode(), sweep.storage)
+        write_bytes(sweep.path(f"{name}.csv"), tables.to_csv(table).encode(), sweep.storage)
+        print(f"\n{tables.to_markdown(table)}\n-> {sweep.path(name + '.md')} (.csv)", flush=True)

@@ -1,0 +1,186 @@
+"""The sweep jobs end to end on the embedded set (Tune trials running the
+training service on the test session's 2-CPU cluster), tiny grids: tables of
+mean ± std over the trials that ran, and a sweep whose driver is killed midway
+and restored without rerunning its finished trial."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from cgc_ray.experiments import tables
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "jobs"))
+TINY = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--val-batches", "1",
+        "--val-batch-size", "16", "--ch-images", "8", "--ch-short-side", "64", "--cpus-per-worker", "0.25",
+        "--log-every-steps", "50"]
+
+
+def _rows(sweep: Path) -> list[dict]:
+    return [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines()]
+
+
+def _cell(rows, metric, **where) -> str:
+    return str(tables.stat(r[metric] for r in rows if all(r[k] == v for k, v in where.items())))
+
+
+def _check_rows(rows, n):
+    assert len(rows) == n
+    for r in rows:
+        assert r["config"]["seed"] == r["seed"] and r["code_version"] and r["config"]["name"] == r["key"]
+        assert 0 <= r["top1"] <= 100 and math.isfinite(r["summary"]["params_checksums"][0])  # no NaN training
+
+
+def _attempts(sweep: Path, key: str) -> int:
+    return len(list((sweep / "attempts").glob(f"{key}-*.json")))
+
+
+def test_lambda_sweep_killed_midway_resumes_without_rerunning(ray_cluster, tmp_path, capsys):
+    """The driver (a subprocess on the session's cluster) is SIGKILLed once the
+    first trial's row is stored; the re-run restores the Tune experiment and
+    runs only the other trial. Then --table-only rewrites the table."""
+    import ray
+
+    import lambda_sweep
+
+    argv = ["--lam", "0,1", "--train-per-class", "3", *TINY, "--max-concurrent-trials", "1",
+            "--storage-path", str(tmp_path), "--name", "lam"]
+    sweep = tmp_path / "lam"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "lambda_sweep.py"), *argv], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while not list((sweep / "results").glob("*.json")) and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    done = sorted(p.stem for p in (sweep / "results").glob("*.json"))
+    assert len(done) == 1, (tmp_path / "driver.log").read_text()[-3000:]
+    first = (sweep / "results" / f"{done[0]}.json").read_text()
+
+    assert lambda_sweep.main(argv) == 0
+    assert "resuming sweep" in capsys.readouterr().out
+    rows = _rows(sweep)
+    _check_rows(rows, 2)
+    assert (sweep / "results" / f"{done[0]}.json").read_text() == first  # the finished trial was not rerun
+    assert _attempts(sweep, done[0]) == 1
+    assert {r["lam"] for r in rows} == {0.0, 1.0}
+    assert all(0 <= r["ch"] <= 100 and r["ch_images"] == 8 for r in rows)  # the embedded val set has boxes
+    md = (sweep / "table10.md").read_text()
+    for lam in (0.0, 1.0):
+        assert f"| {lam:g} | {_cell(rows, 'top1', lam=lam)} | {_cell(rows, 'ch', lam=lam)} |" in md
+
+    (sweep / "table10.md").unlink()
+    assert lambda_sweep.main([*argv, "--table-only"]) == 0  # from the stored rows alone
+    assert (sweep / "table10.md").read_text() == md
+    assert sum(_attempts(sweep, r["key"]) for r in rows) <= 3
+
+
+def test_fewshot_pairs_baseline_and_cgc_on_the_same_episodes(ray_cluster, tmp_path):
+    import fewshot
+
+    argv = ["--shots", "2", "--episodes", "2", *TINY, "--max-concurrent-trials", "2",
+            "--storage-path", str(tmp_path), "--name", "fs"]
+    assert fewshot.main(argv) == 0
+    sweep = tmp_path / "fs"
+    rows = _rows(sweep)
+    _check_rows(rows, 4)
+    for r in rows:
+        assert r["summary"]["train_images"] == 20 and r["config"]["seed"] == r["episode"]  # 2 shots x 10 classes
+        assert r["config"]["train_manifest"].endswith(f"embedded-2shot-ep{r['episode']}-train.parquet")
+        assert r["ch"] is None  # the embedded training split has no boxes
+    pair = {r["method"]: r["config"]["train_manifest"] for r in rows if r["episode"] == 1}
+    assert pair["baseline"] == pair["cgc"]
+    cells = [_cell(rows, "top1", method="baseline"), _cell(rows, "top1", method="cgc"),
+             str(tables.paired_diff(rows, "top1", ("episode",)))]
+    assert "± n/a" not in "".join(cells)  # two episodes: a real spread
+    assert f"| 2 | {' | '.join(cells)} |" in (sweep / "table7.md").read_text()
+    assert "| 2 | — | — | — |" in (sweep / "table8.md").read_text()
+
+
+def test_finegrained_job_fine_tunes_from_weights_with_s3_storage(ray_cluster, s3_server, tmp_path):
+    """Tune's experiment, the training runs, the rows and the tables all in S3."""
+    import finegrained
+
+    from cgc_ray.data.storage import read_bytes
+
+    options, client = s3_server
+    client.create_bucket(Bucket="sweeps")
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # an ImageNet-shaped head: replaced
+    argv = ["--trials", "1", "--train-per-class", "3", "--weights", str(weights), *TINY,
+            "--max-concurrent-trials", "2", "--storage-path", "s3://sweeps/x", "--s3-endpoint", options.endpoint_url,
+            "--name", "fg"]
+    assert finegrained.main(argv) == 0
+    rows = [json.loads(line) for line in read_bytes("s3://sweeps/x/fg/results.jsonl", options).decode().splitlines()]
+    _check_rows(rows, 2)
+    by = {r["method"]: r for r in rows}
+    assert by["baseline"]["config"]["recipe"] == "baseline" and by["cgc"]["lam"] == 0.5
+    assert all(r["config"]["weights"] == str(weights) and r["ch"] is not None for r in rows)
+    assert all(r["summary"]["checkpoint"].startswith("s3://sweeps/x/fg/runs/") for r in rows)
+    row = (f"| embedded | {_cell(rows, 'top1', method='baseline')} | {_cell(rows, 'top1', method='cgc')} | "
+           f"{tables.paired_diff(rows, 'top1', ('seed',))} |")
+    assert row in read_bytes("s3://sweeps/x/fg/table6.md", options).decode()
+    assert read_bytes("s3://sweeps/x/fg/tuner.pkl", options)  # Tune's experiment state, restorable from S3
+
+
+def test_semisup_job_trains_cgc_on_unlabeled_images(ray_cluster, tmp_path):
+    import semisup
+
+    from cgc_ray.data.manifest import read
+
+    state = {f"module.{k}": v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc")}
+    state.update({"module.projection_head.0.weight": torch.zeros(8, 512),
+                  "module.prototypes.weight": torch.zeros(4, 8)})
+    torch.save({"state_dict": state}, tmp_path / "swav.pth.tar")  # the SwAV checkpoint layout
+    argv = ["--percent", "5", "--weights", str(tmp_path / "swav.pth.tar"), *TINY, "--max-concurrent-trials", "2",
+            "--storage-path", str(tmp_path), "--name", "ss"]
+    assert semisup.main(argv) == 0
+    sweep = tmp_path / "ss"
+    assert len((sweep / "labels" / "labeled.txt").read_text().splitlines()) == 30  # round(5% of 64) = 3 per class
+    labels = read(str(sweep / "labels" / "train-cgc.parquet")).table.column("label").to_pylist()
+    assert sum(x >= 0 for x in labels) == 30 and labels.count(-100) == 30
+    rows = _rows(sweep)
+    _check_rows(rows, 2)
+    by = {r["method"]: r for r in rows}
+    assert by["baseline"]["summary"]["train_images"] == 30 and by["cgc"]["summary"]["train_images"] == 60
+    assert by["cgc"]["lam"] == 0.25 and by["cgc"]["config"]["weights"].endswith("init/backbone.pt")
+    md = (sweep / "table9.md").read_text()
+    cgc = f"| CGC (+ CGC on unlabeled) | {_cell(rows, 'top1', method='cgc')} | {_cell(rows, 'ch', method='cgc')} |"
+    assert cgc in md
+    assert "| Δ CGC − baseline |" in md
+
+
+def test_concurrent_trials_follow_the_cluster():
+    from cgc_ray.experiments.runner import max_concurrent_trials
+
+    cpu = {"num_workers": 1, "cpus_per_worker": 0.5, "use_gpu": False, "gpus_per_worker": 1.0}
+    assert max_concurrent_trials({"CPU": 2.0}, cpu) == 1 and max_concurrent_trials({"CPU": 16.0}, cpu) == 10
+    gpu = {**cpu, "use_gpu": True, "gpus_per_worker": 0.25}
+    assert max_concurrent_trials({"CPU": 16.0, "GPU": 1.0}, gpu) == 4  # four trials share the GPU
+    assert max_concurrent_trials({"CPU": 16.0, "GPU": 8.0}, {**gpu, "num_workers": 4, "gpus_per_worker": 1.0}) == 2
+
+
+def test_a_resumed_sweep_refuses_other_trials_or_settings(tmp_path):
+    from cgc_ray.experiments import runner
+    from cgc_ray.train.config import TrainConfig
+
+    sw, ch = runner.Sweep("s", str(tmp_path)), {"images": 8, "short_side": 64, "protocol": "resize"}
+    specs = [runner.spec(sw, "a", {}, TrainConfig(), ch)]
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "specs.json").write_text(json.dumps({"specs": specs}))
+    runner._check_same_trials(sw, specs)
+    with pytest.raises(ValueError, match=r"other settings \(trial a: \['epochs'\]\)"):
+        runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
+    with pytest.raises(ValueError, match="started with other trials"):
+        runner._check_same_trials(sw, [*specs, runner.spec(sw, "b", {}, TrainConfig(), ch)])
