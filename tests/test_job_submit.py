@@ -23,11 +23,14 @@ def head(tmp_path_factory):
     """A separate single-node cluster started with the CLI (stopped by killing
     its `ray start --block` process group, not `ray stop`, which would also
     stop the test session's cluster)."""
-    ports = {k: free_port() for k in ("port", "dashboard", "metrics", "client")}
+    ports = {k: free_port() for k in ("port", "dashboard", "metrics", "client", "agent", "agent_grpc", "runtime_env")}
     proc = subprocess.Popen(
         ["ray", "start", "--head", "--block", f"--port={ports['port']}", "--num-cpus=2",
          "--include-dashboard=true", f"--dashboard-port={ports['dashboard']}", "--dashboard-host=127.0.0.1",
          f"--metrics-export-port={ports['metrics']}", f"--ray-client-server-port={ports['client']}",
+         # its own agent ports: the defaults (52365, ...) are taken by the test session's cluster
+         f"--dashboard-agent-listen-port={ports['agent']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+         f"--runtime-env-agent-port={ports['runtime_env']}",
          "--object-store-memory=300000000", f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard']}"
