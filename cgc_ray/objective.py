@@ -114,13 +114,19 @@ def heatmap_consistency(net: nn.Module, query_out, aug_out, crop, flip, size, cf
         return _consistency(aug, crop_resize_flip(orig, crop, flip), cfg)
 
 
+UNLABELED = -100  # cross-entropy's ignore_index: an image without a label (semi-supervised runs)
+
+
 def _fp32_region(x: torch.Tensor):
     """No autocast: heatmaps, their normalisation and the losses stay in fp32."""
     return torch.autocast(x.device.type, enabled=False)
 
 
 def _ce(logits, label):
-    return F.cross_entropy(fp32(logits), label)
+    """Mean cross-entropy over the labeled rows; rows labeled UNLABELED (-100)
+    only feed the CGC term, and a batch without labels gives 0, not NaN."""
+    total = F.cross_entropy(fp32(logits), label, ignore_index=UNLABELED, reduction="sum")
+    return total / (label != UNLABELED).sum().clamp(min=1)
 
 
 def _cam_fn(net: nn.Module, method: str):

@@ -221,3 +221,23 @@ def test_bad_batches_are_named(edit, message):
 def test_a_batch_of_one_has_no_negatives():
     with pytest.raises(ValueError, match="no negatives"):
         cgc_objective(torchvision.models.resnet18(num_classes=4), make_batch(1, 32, 4))
+
+
+def test_unlabeled_rows_feed_only_the_cgc_term():
+    """Semi-supervised batches: -100 rows leave cross-entropy (the mean over the
+    labeled rows, as F.cross_entropy on those rows alone, summed over the three
+    views); none labeled gives 0."""
+    torch.manual_seed(5)
+    model = torchvision.models.resnet18(num_classes=4).train()
+    batch = make_batch(6, 64, 4)
+    batch["label"][[1, 4]] = -100
+    out = cgc_objective(model, batch, lam=1.0)
+    kept = batch["label"] != -100
+    ref_model = copy.deepcopy(model)
+    ref = sum(F.cross_entropy(ref_model(batch[k])[kept], batch["label"][kept]) for k in ("xe", "image", "aug"))
+    torch.testing.assert_close(out.ce, ref, rtol=1e-5, atol=1e-6)
+    batch["label"][:] = -100
+    out = cgc_objective(model, batch, lam=1.0)
+    assert out.ce.item() == 0 and torch.isfinite(out.loss) and out.loss.item() == pytest.approx(out.cgc.item())
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

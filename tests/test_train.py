@@ -2,7 +2,6 @@
 from S3 after an interruption, a worker killed on a multi-node cluster, bad input."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -57,7 +57,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_step_epochs: int = 30
+    lr_milestones: str | None = None   # epochs where lr *= lr_gamma, e.g. "12,16" (default: every lr_step_epochs)
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0         # linear warm-up, for large global batches (Goyal et al. 2017)
+    head_lr: float | None = None       # the new head's own lr at the reference batch (semi-supervised recipe)
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
@@ -70,6 +73,7 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     gpus_per_worker: float = 1.0       # a fraction (e.g. 0.25) lets several small runs share a GPU
+    autoscaling: bool = False          # the cluster adds GPU nodes on demand: no GPU-count check at submission
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"   # or SPREAD, STRICT_PACK, STRICT_SPREAD (Ray placement groups)
     # run
@@ -136,10 +140,23 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(cfg.dataset == "embedded" or cfg.data or (cfg.train_manifest and cfg.val_manifest),
          f"--data is required for --dataset {cfg.dataset}")
     need(cfg.gpus_per_worker > 0, f"--gpus-per-worker must be > 0, got {cfg.gpus_per_worker}")
-    if cfg.use_gpu and cluster_gpus is not None:
+    need(cfg.head_lr is None or cfg.head_lr > 0, f"--head-lr must be > 0, got {cfg.head_lr}")
+    need(0 <= cfg.warmup_epochs < cfg.epochs, f"--warmup-epochs must be in [0, --epochs), got {cfg.warmup_epochs}")
+    _check_milestones(cfg.lr_milestones, need)
+    if cfg.use_gpu and cluster_gpus is not None and not cfg.autoscaling:
         gpus = cfg.num_workers * cfg.gpus_per_worker
         need(cluster_gpus >= gpus,
-             f"--use-gpu with --num-workers {cfg.num_workers} needs {gpus:g} GPUs; the cluster has {cluster_gpus:g}")
+             f"--use-gpu with --num-workers {cfg.num_workers} needs {gpus:g} GPUs; the cluster has {cluster_gpus:g} "
+             "(on a cluster that adds GPU nodes on demand, pass --autoscaling)")
+
+
+def _check_milestones(text: str | None, need) -> None:
+    if text is None:
+        return
+    items = [x.strip() for x in str(text).split(",")]
+    need(all(x.isdigit() for x in items), f"--lr-milestones must be epochs like 12,16, got {text!r}")
+    marks = [int(x) for x in items]
+    need(marks == sorted(set(marks)), f"--lr-milestones must increase, got {text!r}")
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:

@@ -1,7 +1,7 @@
 """The per-worker training loop run by Ray Train's TorchTrainer (DDP).
 
 Each epoch: the worker's equal shard of the training set, `steps_per_epoch`
-steps of the CGC objective, an LR-schedule step, validation (top-1/top-5 and
+steps of the CGC objective (the lr scheduled per step: schedule.py), validation (top-1/top-5 and
 the CGC loss on held-out batches of 32, summed over ranks) and a checkpoint.
 With `checkpoint_every_steps`, also mid-epoch checkpoints. A restarted worker
 group resumes at the checkpoint's (epoch, step in epoch): the epoch in
@@ -29,6 +29,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .metrics import Stopwatch, Telemetry, say
 from .model import build_model
+from .schedule import build_optimizer, build_scheduler
 
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,9 +52,9 @@ def train_loop(loop_config: dict) -> None:
     objective = CGCConfig(lam=cfg.effective_lam, tau=cfg.tau, recipe=cfg.recipe, arrangement=cfg.arrangement,
                           negatives=cfg.negatives, block_size=cfg.block_size, consistency=cfg.consistency,
                           layer=cfg.layer, cam=cfg.cam, amp_dtype=AMP[cfg.precision])
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
+    steps_per_epoch = loop_config["steps_per_epoch"]
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
 
     position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -65,7 +66,6 @@ def train_loop(loop_config: dict) -> None:
             say(f"resuming at epoch {position['epoch'] + 1}, step {position['step_in_epoch']} "
                 f"(global step {position['global_step']})")
 
-    steps_per_epoch = loop_config["steps_per_epoch"]
     telemetry = Telemetry(cfg.name, rank, cfg.log_every_steps, steps_per_epoch, cfg.epochs)
     state = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
@@ -91,6 +91,7 @@ def train_loop(loop_config: dict) -> None:
             scaler.scale(out.loss).backward()
             scaler.step(opt)
             scaler.update()
+            sched.step()
             step, global_step = step + 1, global_step + 1
             _maybe_die(loop_config.get("fault"), rank, global_step)
             telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
@@ -99,7 +100,6 @@ def train_loop(loop_config: dict) -> None:
                 _report({"epoch": epoch, "step_in_epoch": step, "global_step": global_step},
                         rank, state, (epoch, step, global_step), meta)
             clock.lap()
-        sched.step()
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,

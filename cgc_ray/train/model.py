@@ -48,6 +48,11 @@ def load_state_dict(uri: str, storage: StorageOptions = StorageOptions()) -> dic
     return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
 
 
+def head_name(model: nn.Module) -> str:
+    """Where the classification head is (e.g. "fc"), for its own learning rate."""
+    return _head(model)[0]
+
+
 def _head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The last Linear layer: the classification head of torchvision classifiers."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
