@@ -11,24 +11,16 @@ Writes results.md, results.csv, results.json and figures.png under --out
 (--help lists every option; cgc_ray/evaluation/job.py describes the pipeline).
 """
 
-import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .` without install
 
-from cgc_ray.evaluation.job import EvalError, parse, run
+from cgc_ray.entry import main as entry_main
+from cgc_ray.evaluation.job import parse, run
 
-
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(parse(argv))
-    except (EvalError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+main = partial(entry_main, parse, run)  # main(argv) -> exit code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,75 +1,19 @@
-r"""Tables 7 and 8: few-shot fine-tuning, baseline vs. CGC on the same episodes.
+"""Tables 7 and 8: few-shot fine-tuning, baseline vs. CGC on the same episodes.
 
-    python jobs/fewshot.py                           # embedded set: 5-shot x 2 episodes, minutes
-    ray job submit --working-dir . -- python jobs/fewshot.py \
-        --datasets cub=s3://b/CUB_200_2011,cars=s3://b/cars --shots 1,5,10 --episodes 20 \
-        --weights s3://b/resnet50-imagenet.pth --arch resnet50 --gpus-per-trial 0.25 \
-        --storage-path s3://b/sweeps --name fewshot
-
-An episode takes `shots` images of every class of the --split (seeded by the
-episode: seed = --first-seed + episode) and validates on all other images of
-that split; it is written as two manifests under <sweep>/episodes/. Baseline
-(cross-entropy) and CGC (λ 0.8 for CUB, Cars, Flowers; 0.6 for Aircraft;
-τ 0.5) train on the same episode with the same seed; cells are mean ± std
-over episodes, Δ = CGC − baseline paired by episode. The global batch is
-capped at the episode's size.
+Usage and options: `python jobs/fewshot.py --help`; the logic is in
+cgc_ray/experiments/fewshot.py.
 """
 
-import dataclasses
 import sys
 from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .` without install
 
-from cgc_ray.experiments import cli, episodes, runner, tables
+from cgc_ray.entry import main as entry_main
+from cgc_ray.experiments.fewshot import parse, run
 
-LAMBDA = {"cub": 0.8, "cars": 0.8, "flowers": 0.8, "aircraft": 0.6, "embedded": 0.8}
-
-
-def sweep(argv) -> int:
-    p = cli.parser(__doc__, "fewshot")
-    p.add_argument("--datasets", default="embedded", help="name=root,... (cub, aircraft, cars, flowers)")
-    p.add_argument("--shots", help="images per class (default 1,5,10; 5 on the embedded set)")
-    p.add_argument("--episodes", type=int, help="episodes per shot setting (default 20; 2 on the embedded set)")
-    p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--split", default="train", help="the split episodes are drawn from")
-    p.add_argument("--lam", type=float, help="one λ for every set (default: the paper's per set)")
-    p.add_argument("--tau", type=float, default=0.5)
-    args, train_argv = p.parse_known_args(argv)
-    base = cli.with_gpus(cli.train_config(train_argv), args.gpus_per_trial)
-    sw = cli.sweep(args, base)
-    layouts = {"table7": partial(tables.fewshot_table, metric="top1"),
-               "table8": partial(tables.fewshot_table, metric="ch")}
-    if args.table_only:
-        return runner.run_sweep(sw, [], layouts, table_only=True)
-    tiny = all(name == "embedded" for name, _ in cli.datasets(args.datasets))
-    shots_list = cli.ints(args.shots or ("5" if tiny else "1,5,10"))
-    n_episodes = args.episodes or (2 if tiny else 20)
-    specs = []
-    for name, root in cli.datasets(args.datasets):
-        cfg = cli.with_gpus(cli.train_config([*train_argv, "--dataset", name, *(["--data", root] if root else [])]),
-                            args.gpus_per_trial)
-        pool = cli.manifest(cfg, args.split, sw.storage)
-        lam = args.lam if args.lam is not None else LAMBDA.get(name, 0.8)
-        cgc_recipe = cfg.recipe if cfg.recipe != "baseline" else "official"
-        for shots in shots_list:
-            for k in range(n_episodes):
-                ep = episodes.episode(pool, shots, seed=args.first_seed + k)
-                train, val = episodes.write_episode(ep, sw.path("episodes", f"{name}-{shots}shot-ep{k}"), sw.storage)
-                run = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train, val_manifest=val, seed=ep.seed,
-                                                        tau=args.tau), len(ep.train))
-                for method, recipe, weight in (("baseline", "baseline", None), ("cgc", cgc_recipe, lam)):
-                    trial = dataclasses.replace(run, recipe=recipe, lam=weight)
-                    tags = {"method": method, "dataset": name, "shots": shots, "episode": k, "seed": ep.seed,
-                            "lam": trial.effective_lam, "tau": args.tau}
-                    specs.append(runner.spec(sw, f"{name}-{shots}shot-ep{k}-{method}", tags, trial,
-                                             cli.ch_settings(args, cfg)))
-    return runner.run_sweep(sw, specs, layouts, max_concurrent=args.max_concurrent_trials)
-
-
-def main(argv=None) -> int:
-    return cli.main(sweep, argv)
+main = partial(entry_main, parse, run)  # main(argv) -> exit code
 
 
 if __name__ == "__main__":

@@ -9,25 +9,17 @@ Every option of cgc_ray.train.config.TrainConfig is a flag (--help) or a key of
 a YAML file given with --config.
 """
 
-import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .` without install
 
-from cgc_ray.train.config import ConfigError, parse
+from cgc_ray.entry import main as entry_main
+from cgc_ray.train.config import parse
 from cgc_ray.train.service import run
 
-
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(parse(argv))
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+main = partial(entry_main, parse, run)  # main(argv) -> exit code
 
 if __name__ == "__main__":
     sys.exit(main())

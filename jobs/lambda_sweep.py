@@ -1,52 +1,19 @@
-r"""Table 10: top-1 and Content Heatmap over a grid of the CGC weight λ (and τ).
+"""Table 10: top-1 and Content Heatmap over a grid of the CGC weight λ (and τ).
 
-    python jobs/lambda_sweep.py                      # embedded set: λ 0 and 1, one tiny epoch each, minutes
-    python jobs/lambda_sweep.py --lam 0,0.5 --tau 0.5,1 --seeds 0,1 --train-per-class 8
-    ray job submit --working-dir . -- python jobs/lambda_sweep.py \
-        --dataset imagenet --data s3://bucket/ILSVRC2012 --arch resnet18 --num-workers 8 \
-        --gpus-per-trial 8 --storage-path s3://bucket/sweeps --name r18-lambda
-
-λ ∈ {0, 0.01, 0.1, 0.5, 1.0, 2.0} by default off the embedded set. Each grid
-point × seed is one trial (a training run, then CH on validation images with
-boxes); the table's cells are mean ± std over the seeds. Re-running with the
-same --name and --storage-path resumes an interrupted sweep; --table-only
-rewrites the table from the stored results.
+Usage and options: `python jobs/lambda_sweep.py --help`; the logic is in
+cgc_ray/experiments/lambda_sweep.py.
 """
 
-import dataclasses
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `ray job submit --working-dir .` without install
 
-from cgc_ray.experiments import cli, runner, tables
+from cgc_ray.entry import main as entry_main
+from cgc_ray.experiments.lambda_sweep import parse, run
 
-PAPER_GRID, TINY_GRID = "0,0.01,0.1,0.5,1.0,2.0", "0,1.0"
-
-
-def sweep(argv) -> int:
-    p = cli.parser(__doc__, "lambda-sweep")
-    p.add_argument("--lam", help=f"λ values (default {PAPER_GRID}; {TINY_GRID} on the embedded set)")
-    p.add_argument("--tau", default="0.5", help="τ values")
-    p.add_argument("--seeds", default="0", help="one trial per seed at every grid point")
-    cli.add_subset_flag(p)
-    args, train_argv = p.parse_known_args(argv)
-    base = cli.with_gpus(cli.train_config(train_argv), args.gpus_per_trial)
-    sw, layouts = cli.sweep(args, base), {"table10": tables.lambda_table}
-    if args.table_only:
-        return runner.run_sweep(sw, [], layouts, table_only=True)
-    base = cli.per_class_subset(base, sw, args.train_per_class)
-    grid = args.lam or (TINY_GRID if base.dataset == "embedded" else PAPER_GRID)
-    specs = [runner.spec(sw, f"lam{lam:g}-tau{tau:g}-seed{seed}",
-                         {"method": "cgc" if lam else "baseline", "dataset": base.dataset,
-                          "lam": lam, "tau": tau, "seed": seed},
-                         dataclasses.replace(base, lam=lam, tau=tau, seed=seed), cli.ch_settings(args, base))
-             for lam in cli.floats(grid) for tau in cli.floats(args.tau) for seed in cli.ints(args.seeds)]
-    return runner.run_sweep(sw, specs, layouts, max_concurrent=args.max_concurrent_trials)
-
-
-def main(argv=None) -> int:
-    return cli.main(sweep, argv)
+main = partial(entry_main, parse, run)  # main(argv) -> exit code
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""What the sweep jobs share: their common flags, the base training
-configuration, and the data subsets they write before the sweep starts.
+"""What the sweep jobs share: their common flags, the parsed request, the base
+training configuration, the baseline/CGC pair, and the data subsets they write
+before the sweep starts.
 
 A job's own flags (the grid, --name, --storage-path, CH and resource flags)
 are parsed here; every other flag is a training option handed to
 `cgc_ray.train.config.parse` (any TrainConfig field, or `--config x.yaml`),
 so `--epochs 1 --arch resnet50 --weights s3://...` work as in jobs/imagenet.py.
+Parsing touches neither storage nor Ray: `parse` checks a command line alone
+(the Kubernetes manifests' entrypoints are checked with it).
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 from ..data.indexers import load_or_build
 from ..data.manifest import write as write_manifest
 from ..data.storage import StorageOptions
 from ..evaluation.content_heatmap import PROTOCOLS
 from ..train import config
-from ..train.config import ConfigError, TrainConfig
-from . import episodes
+from ..train.config import TrainConfig
+from . import episodes, runner
 from .runner import Sweep
 
 # The no-argument runs: the embedded set on a laptop, a few minutes a sweep.
@@ -45,6 +49,47 @@ def parser(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--ch-protocol", default="resize", choices=PROTOCOLS)
     p.add_argument("--table-only", action="store_true", help="rewrite the tables from stored results; run nothing")
     return p
+
+
+@dataclass
+class Request:
+    """A sweep job's command line: its own flags, the training flags, and the
+    base training configuration they give."""
+    args: argparse.Namespace
+    train_argv: list[str]
+    base: TrainConfig
+
+    @property
+    def sweep(self) -> Sweep:
+        return Sweep(self.args.name, self.args.storage_path,
+                     StorageOptions(endpoint_url=self.base.s3_endpoint, region=self.base.s3_region))
+
+
+def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: dict | None = None) -> Request:
+    args, train_argv = p.parse_known_args(argv)
+    return Request(args, train_argv, with_gpus(train_config(train_argv, preset), args.gpus_per_trial))
+
+
+def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[dict]]) -> int:
+    """Runs (or resumes) the sweep of `trials(req, sweep)`, or with --table-only
+    only rewrites its tables; returns the number of failed trials."""
+    sw = req.sweep
+    if req.args.table_only:
+        return runner.run_sweep(sw, [], layouts, table_only=True)
+    return runner.run_sweep(sw, trials(req, sw), layouts, max_concurrent=req.args.max_concurrent_trials)
+
+
+def dataset_configs(req: Request) -> Iterator[tuple[str, TrainConfig]]:
+    """(name, training config) for each set of --datasets name=root,..."""
+    for name, root in datasets(req.args.datasets):
+        argv = [*req.train_argv, "--dataset", name, *(["--data", root] if root else [])]
+        yield name, with_gpus(train_config(argv), req.args.gpus_per_trial)
+
+
+def methods(cfg: TrainConfig, lam: float) -> list[tuple[str, str, float | None]]:
+    """The pair every table compares, as (method, recipe, λ): cross-entropy
+    alone, and CGC with the run's recipe (official unless one was given)."""
+    return [("baseline", "baseline", None), ("cgc", cfg.recipe if cfg.recipe != "baseline" else "official", lam)]
 
 
 def add_subset_flag(p: argparse.ArgumentParser) -> None:
@@ -100,10 +145,6 @@ def fit_batch(cfg: TrainConfig, train_images: int) -> TrainConfig:
     return dataclasses.replace(cfg, batch_size=batch) if batch >= 2 * cfg.num_workers else cfg
 
 
-def sweep(args, cfg: TrainConfig) -> Sweep:
-    return Sweep(args.name, args.storage_path, StorageOptions(endpoint_url=cfg.s3_endpoint, region=cfg.s3_region))
-
-
 def ch_settings(args, cfg: TrainConfig) -> dict:
     tiny = cfg.dataset == "embedded"
     return {"images": args.ch_images or (64 if tiny else 500),
@@ -124,12 +165,3 @@ def per_class_subset(cfg: TrainConfig, sw: Sweep, per_class: int | None, seed: i
     uri = sw.path("subsets", f"{cfg.dataset}-{cfg.train_split}-{per_class}per-class-seed{seed}.parquet")
     write_manifest(ep.train, uri, sw.storage)
     return dataclasses.replace(cfg, train_manifest=uri)
-
-
-def main(job, argv=None) -> int:
-    """Runs a job's `job(argv) -> failed trials`; a bad request is a message, exit code 2."""
-    try:
-        return 1 if job(argv) else 0
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

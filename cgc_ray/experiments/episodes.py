@@ -28,8 +28,7 @@ import pyarrow as pa
 
 from ..data.manifest import Manifest, write
 from ..data.storage import StorageOptions, read_bytes, write_bytes
-
-UNLABELED = -100
+from ..objective import UNLABELED
 
 
 @dataclass

@@ -28,7 +28,10 @@ Resources: a trial holds a token CPU share (it only waits on its trainer);
 the trainer's workers hold `cpus_per_worker` (and `gpus_per_worker`, a
 fraction lets several small trials share a GPU) each. Unless given, the
 number of concurrent trials is what the cluster's CPUs (a trial's workers
-plus one CPU for its input tasks) and GPUs allow.
+plus one CPU for its input tasks) and GPUs allow; on an autoscaling cluster
+(--autoscaling) there is no cap: waiting trials are what makes it grow (Ray
+Train retries a worker group that cannot start yet), so give
+--max-concurrent-trials to match the cluster's largest size.
 """
 
 from __future__ import annotations
@@ -180,8 +183,8 @@ def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:
         keys = [s["key"] for s in specs]
         write_bytes(sweep.path("specs.json"), json.dumps({"keys": keys, "specs": specs}, indent=1).encode(),
                     sweep.storage)
-        concurrent = max_concurrent or max_concurrent_trials(ray.cluster_resources(), specs[0]["train"])
-        print(f"sweep {sweep.uri}: {len(specs)} trials, up to {concurrent} at a time", flush=True)
+        concurrent = max_concurrent or _fitting_now(specs[0]["train"])
+        print(f"sweep {sweep.uri}: {len(specs)} trials, up to {concurrent or 'all'} at a time", flush=True)
         tuner = tune.Tuner(
             trainable, param_space={"spec": tune.grid_search(specs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
@@ -205,6 +208,16 @@ def _check_same_trials(sweep: Sweep, specs: list[dict]) -> None:
         if changed or s["ch"] != old["ch"]:
             raise ValueError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
                              f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
+
+
+def _fitting_now(train: dict) -> int | None:
+    """What the cluster's resources allow now; None (no cap) on an autoscaling
+    cluster, whose trials' waiting trainers make it add nodes."""
+    if train["autoscaling"]:
+        print("--autoscaling: every trial starts and waits for its resources; bound them with "
+              "--max-concurrent-trials", flush=True)
+        return None
+    return max_concurrent_trials(ray.cluster_resources(), train)
 
 
 def max_concurrent_trials(resources: dict, train: dict) -> int:
