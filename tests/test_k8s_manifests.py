@@ -14,9 +14,9 @@ checked against
   overlays that differ from the base only in their size flags;
 - the Dockerfile: FROM the Ray version of pyproject.toml, the package version
   that the manifests' image tag pins.
-Jobs under k8s/pending/ whose script does not exist yet skip the checks that
-need the script, with that reason. Each rule also gets a broken manifest that
-it must reject.
+The sweep jobs on autoscaled clusters must pass --autoscaling and a
+--max-concurrent-trials that fits the largest cluster. Each rule also gets a
+broken manifest that it must reject.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-PENDING = K8S / "pending"
 CRDS = Path(os.environ.get("KUBERAY_CRDS", ROOT.parent / "shared" / "kuberay-crds"))
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 RAY_KINDS = ("RayJob", "RayCluster")
@@ -343,7 +342,7 @@ def env_lists(node):
             yield from env_lists(v)
 
 
-def lint_errors(obj: dict, check_script: bool = True) -> list[str]:
+def lint_errors(obj: dict) -> list[str]:
     """- secrets: no Secret objects; no env var named *KEY*/*SECRET*/*TOKEN*/
       *PASSWORD* with a literal value (container env or runtimeEnvYAML
       env_vars): those come from a Secret (envFrom / secretKeyRef); no string
@@ -408,7 +407,7 @@ def lint_errors(obj: dict, check_script: bool = True) -> list[str]:
         path = script(entrypoint)
         if path is None:
             errs.append(f"entrypoint is not `python <script>.py ...`: {entrypoint!r}")
-        elif check_script and not (ROOT / path).is_file():
+        elif not (ROOT / path).is_file():
             errs.append(f"entrypoint script {path} does not exist in the repository")
     return errs
 
@@ -446,14 +445,7 @@ def test_operator_rules(kdir):
 
 @pytest.mark.parametrize("kdir", KUSTOMIZATIONS, ids=kid)
 def test_lint(kdir):
-    objs = rendered(kdir)
-    missing = [s for o in objs if o["kind"] == "RayJob" and (s := script(o["spec"]["entrypoint"]))
-               and not (ROOT / s).is_file()]
-    pending = PENDING in kdir.parents and bool(missing)
-    assert [e for o in objs for e in lint_errors(o, check_script=not pending)] == []
-    if pending:
-        pytest.skip(f"{kid(kdir)} is pending: {', '.join(missing)} does not exist yet; its entrypoint is "
-                    "checked automatically once it does (everything else was checked)")
+    assert [e for o in rendered(kdir) for e in lint_errors(o)] == []
 
 
 def imagenet_jobs() -> list[tuple[Path, dict]]:
@@ -483,9 +475,10 @@ def test_training_jobs_are_fixed_size_and_valid_configs():
         used = cfg.num_workers * getattr(cfg, "gpus_per_worker", 1)
         assert cfg.use_gpu and used == total, f"{kid(kdir)}: the workers must use all {total:g} GPUs, not {used:g}"
         assert cfg.recipe == ("baseline" if "baseline" in kid(kdir) else "official"), kid(kdir)
-        # The overlays repeat the base entrypoint: only the size flags (and the baseline's recipe) may differ.
+        # The overlays repeat the base entrypoint: only the size flags (with the large batches' warm-up)
+        # and the baseline's recipe may differ.
         differ = {f for f in set(base) | set(flags(entrypoint)) if base.get(f) != flags(entrypoint).get(f)}
-        assert differ <= {"--num-workers", "--batch-size", "--name", "--recipe"}, f"{kid(kdir)}: {differ}"
+        assert differ <= {"--num-workers", "--batch-size", "--warmup-epochs", "--name", "--recipe"}, f"{kid(kdir)}: {differ}"
     names = [flags(o["spec"]["entrypoint"])["--name"] for _, o in jobs]
     assert len(names) == len(set(names)), f"two jobs would share a run (and its checkpoints): {names}"
     sizes = {kid(k): cluster_spec(o)["workerGroupSpecs"][0]["replicas"] for k, o in jobs}
@@ -508,15 +501,11 @@ def test_entrypoint_flags_parse(kdir):
     checked = 0
     for obj in jobs:
         path, entrypoint = script(obj["spec"]["entrypoint"]), obj["spec"]["entrypoint"]
-        if not (ROOT / path).is_file() or not hasattr(job_module(path), "parse"):
-            continue
+        assert hasattr(job_module(path), "parse"), f"{path} has no parse() to check its flags with"
         try:
             job_module(path).parse(shlex.split(entrypoint)[2:])
         except SystemExit:  # argparse: unknown flag, missing required flag, bad value
             pytest.fail(f"{kid(kdir)}: {path} does not accept its entrypoint's flags: {entrypoint}")
-        checked += 1
-    if jobs and not checked:
-        pytest.skip(f"{kid(kdir)}: no job script with a parse() function to check the flags with yet")
 
 
 def test_job_names_are_unique():
@@ -524,13 +513,37 @@ def test_job_names_are_unique():
     assert len(names) == len(set(names)), names
 
 
-@pytest.mark.parametrize("kdir", ["cluster", "pending/lambda-sweep", "pending/fewshot"])
+SWEEPS = ["experiments/lambda-sweep", "experiments/fewshot"]
+
+
+@pytest.mark.parametrize("kdir", ["cluster", *SWEEPS])
 def test_autoscaled_clusters_use_autoscaler_v2_from_zero_gpu_nodes(kdir):
     (obj,) = [o for o in rendered(K8S / kdir) if o["kind"] in RAY_KINDS]
     spec = cluster_spec(obj)
     assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["version"] == "v2"
     for gname, g in groups(obj)[1:]:
         assert g["minReplicas"] == 0 and g["maxReplicas"] >= 1, gname
+
+
+@pytest.mark.parametrize("kdir", SWEEPS)
+def test_sweeps_fit_the_largest_cluster(kdir):
+    """A sweep on an autoscaled cluster starts before its GPU nodes exist
+    (--autoscaling) and runs no more trials at once than the cluster at its
+    maxReplicas holds (each trial: its workers' CPUs and GPUs plus a CPU for input)."""
+    from cgc_ray.experiments.runner import max_concurrent_trials  # noqa: PLC0415 (torch: only here)
+
+    (obj,) = [o for o in rendered(K8S / kdir) if o["kind"] == "RayJob"]
+    entrypoint = obj["spec"]["entrypoint"]
+    req = job_module(script(entrypoint)).parse(shlex.split(entrypoint)[2:])
+    assert req.base.autoscaling and req.base.use_gpu, entrypoint
+    largest = {"CPU": 0.0, "GPU": 0.0}
+    for _, g in groups(obj)[1:]:
+        for c in containers(g):
+            largest["GPU"] += g["maxReplicas"] * gpus(c)
+            largest["CPU"] += g["maxReplicas"] * float(c["resources"]["limits"]["cpu"])
+    fits = max_concurrent_trials(largest, req.base.to_dict())
+    assert req.args.max_concurrent_trials == fits, f"{kid(K8S / kdir)}: {fits} trials fit, not " \
+                                                   f"{req.args.max_concurrent_trials}"
 
 
 def test_head_takes_no_training_work():
