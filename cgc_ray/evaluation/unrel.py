@@ -21,15 +21,26 @@ taken for the class of the set that the model scores highest on the
 centre-cropped image: the "ground-truth class" of a many-class label.
 
 Raw layouts read, in this order:
-- `<root>/annotations.mat` + `<root>/images/<filename>` (the UnRel download):
-  a struct array `annotations` with fields `filename` and `objects`, each
-  object with `category` (string) and `box` [xmin ymin xmax ymax]. We read
-  the boxes as MATLAB's 1-based inclusive pixels (as the VOC/ImageNet files);
-  this convention and the field names follow public loaders of the file, not
-  a specification. Needs scipy.
+- `<root>/annotations.mat` + `<root>/images/<filename>` (the UnRel download).
+  `annotations` is an N x 1 cell array of 1 x 1 structs with fields
+  `filename`, `im_id`, `relationships`, `objects`; `objects` is a K x 1 cell
+  array of 1 x 1 structs with `category` (a VRD name, e.g. "plane") and `box`
+  (1 x 4 double, [xmin ymin xmax ymax]); `relationships` (cells of structs
+  `sub`, `obj`, `sub_box`, `obj_box`, `rels`) only repeats objects' boxes and
+  is not read. Boxes are MATLAB's 1-based inclusive pixels (they reach the
+  image's width and height, and start at 1), as in the VOC/ImageNet files.
+  This layout follows public loaders of the file, not a specification:
+  baldassarreFe/ws-vrd `src/xib/datasets/unrel/catalog.py` and
+  `notebooks/UnRel/UnRel.ipynb` (field names, nesting, box order),
+  princetonvisualai/ContextualBias `UnRel/data_process.py` and
+  deeplab-ai/zs-vrd-bmvc20 `prerequisites/dataset_transformers/
+  unrel_transformer_class.py` (field positions). Struct arrays instead of
+  cells are read too. Needs scipy (the `unrel` extra).
 - `<root>/annotations.csv` + `<root>/images/` (a documented simple layout):
   columns image, category, xmin, ymin, xmax, ymax; `image` relative to
   images/; boxes 1-based inclusive, one row per box.
+
+A box listed twice for the same name and image counts once.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+
+import numpy as np
 
 from ..data.indexers import child, register
 from ..data.manifest import Manifest, build, voc_to_edges
@@ -126,8 +139,9 @@ def index_unrel(root: str, split: str = "test", options: StorageOptions = Storag
         raise FileNotFoundError(f"UnRel: neither annotations.mat nor annotations.csv in {root}")
     boxes: dict[tuple[str, str], list] = defaultdict(list)
     for image, name, box in objects:
-        if category(name) is not None:
-            boxes[(image, category(name))].append(voc_to_edges(*box))
+        key, edges = (image, category(name)), voc_to_edges(*box)
+        if key[1] is not None and edges not in boxes[key]:
+            boxes[key].append(edges)
     rows = [{"uri": child(root, "images", *image.split("/")), "label": CATEGORIES.index(name), "boxes": b}
             for (image, name), b in sorted(boxes.items())]
     return build(rows, CATEGORIES, "unrel", split, root)
@@ -139,12 +153,21 @@ def _csv_objects(text: str) -> list[tuple[str, str, list[float]]]:
 
 
 def _mat_objects(data: bytes) -> list[tuple[str, str, list[float]]]:
-    import numpy as np  # noqa: PLC0415
     from scipy.io import loadmat  # noqa: PLC0415: only for the .mat layout
 
     mat = loadmat(io.BytesIO(data), squeeze_me=True, struct_as_record=False)
-    out = []
-    for ann in np.atleast_1d(mat["annotations"]):
-        for obj in np.atleast_1d(getattr(ann, "objects", [])):
-            out.append((str(ann.filename), str(obj.category), [float(v) for v in np.ravel(obj.box)]))
-    return out
+    return [(str(ann.filename), str(obj.category), [float(v) for v in np.ravel(obj.box)])
+            for ann in _structs(mat["annotations"]) for obj in _structs(getattr(ann, "objects", None))]
+
+
+def _structs(value) -> list:
+    """The structs in a struct, a struct array or a cell array of them (any
+    nesting), in MATLAB's order, as loadmat(squeeze_me=True,
+    struct_as_record=False) returns them; [] for an empty or missing field."""
+    from scipy.io.matlab import mat_struct  # noqa: PLC0415
+
+    if isinstance(value, mat_struct):
+        return [value]
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [s for v in value.ravel(order="F") for s in _structs(v)]
+    return []
