@@ -144,7 +144,7 @@ def test_semisup_job_trains_cgc_on_unlabeled_images(ray_cluster, tmp_path):
                   "module.prototypes.weight": torch.zeros(4, 8)})
     torch.save({"state_dict": state}, tmp_path / "swav.pth.tar")  # the SwAV checkpoint layout
     argv = ["--percent", "5", "--weights", str(tmp_path / "swav.pth.tar"), *TINY, "--max-concurrent-trials", "2",
-            "--storage-path", str(tmp_path), "--name", "ss"]
+            "--head-lr", "0.5", "--storage-path", str(tmp_path), "--name", "ss"]
     assert semisup.main(argv) == 0
     sweep = tmp_path / "ss"
     assert len((sweep / "labels" / "labeled.txt").read_text().splitlines()) == 30  # round(5% of 64) = 3 per class
@@ -155,6 +155,7 @@ def test_semisup_job_trains_cgc_on_unlabeled_images(ray_cluster, tmp_path):
     by = {r["method"]: r for r in rows}
     assert by["baseline"]["summary"]["train_images"] == 30 and by["cgc"]["summary"]["train_images"] == 60
     assert by["cgc"]["lam"] == 0.25 and by["cgc"]["config"]["weights"].endswith("init/backbone.pt")
+    assert by["cgc"]["config"]["head_lr"] == 0.5  # the new head's own parameter group
     md = (sweep / "table9.md").read_text()
     cgc = f"| CGC (+ CGC on unlabeled) | {_cell(rows, 'top1', method='cgc')} | {_cell(rows, 'ch', method='cgc')} |"
     assert cgc in md

@@ -1,6 +1,6 @@
 """The submission path for real: `ray start --head`, `ray job submit -- python
 jobs/imagenet.py ...`, progress in the job log, training metrics on the node's
-Prometheus endpoint."""
+Prometheus endpoint; and a Tune job (`jobs/lambda_sweep.py`) the same way."""
 
 import os
 import re
@@ -94,3 +94,20 @@ def test_ray_job_submit_runs_the_training_job(head, tmp_path):
     assert (tmp_path / "runs" / "submitted" / "summary.json").exists()
     assert {"ray_cgc_images_per_second", "ray_cgc_loss", "ray_cgc_cgc_loss", "ray_cgc_learning_rate",
             "ray_cgc_data_wait_fraction"} <= found, sorted(found)
+
+
+def test_ray_job_submit_runs_a_tune_sweep(head, tmp_path):
+    """One tiny λ trial through Tune in the submitted job: the trial's training
+    run, its CH pass and the table all happen on the CLI-started cluster."""
+    address, _ = head
+    proc = _submit(address, ["python", "jobs/lambda_sweep.py", "--lam", "0.5", "--train-per-class", "2",
+                             "--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--val-batches", "1",
+                             "--val-batch-size", "16", "--ch-images", "4", "--ch-short-side", "64",
+                             "--storage-path", str(tmp_path), "--name", "submitted-sweep"])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
+    assert "sweep " in log and "1 trials, up to" in log
+    assert re.search(r"\| 0\.5 \| [^|]+ \| [^|]+ \|", log), log[-3000:]  # the Table 10 row, in the job log
+    rows = (tmp_path / "submitted-sweep" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and '"lam": 0.5' in rows[0]

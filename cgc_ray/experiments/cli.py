@@ -66,8 +66,11 @@ class Request:
 
 
 def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: dict | None = None) -> Request:
+    """The command line, its training options checked (each trial is checked again with its grid point)."""
     args, train_argv = p.parse_known_args(argv)
-    return Request(args, train_argv, with_gpus(train_config(train_argv, preset), args.gpus_per_trial))
+    base = with_gpus(train_config(train_argv, preset), args.gpus_per_trial)
+    config.check(base)
+    return Request(args, train_argv, base)
 
 
 def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[dict]]) -> int:
