@@ -5,37 +5,67 @@ Prints one JSON line per metric and mode: images/s and seconds (best of
 --rounds, the passes interleaved), the speed-up of the batched pass over the
 reference in the same run, and the largest difference of their per-image
 results (for IAUC each pass computes its own maps, so near-equal heatmap
-values may be ordered differently). Images are random, of ImageNet-like sizes, with
-random boxes; the model is randomly initialised (the metrics' values do not
-matter here, only their cost).
+values may be ordered differently). The model is randomly initialised (the
+metrics' values do not matter here, only their cost).
+
+Images are JPEGs written and decoded here (decoding is not timed), in an
+ImageNet-val-like mix of sizes (W x H): 500x375 most often, then 375x500,
+500x333, 333x500, 500x500, and a long tail (--tail, default 15 %) of random
+sizes with long side 500, nearly each its own shape bucket. The mix is our
+assumption, not a measurement of ImageNet; CH batches only images of one
+input shape, so the tail runs one image per forward in both passes.
 
     python bench/eval_metrics.py                                   # CPU-sized defaults
-    python bench/eval_metrics.py --device cuda --arch resnet50 --images 256 --batch 64
+    python bench/eval_metrics.py --device cuda --arch resnet50 --images 512 --batch 64
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
 
 from cgc_ray.evaluation import (
     content_heatmap, content_heatmap_single, geometry, insertion_auc, insertion_auc_single, preprocess,
 )
 
-# (H, W), most common first, as in ImageNet val: images of one size form one CH batch
-SIZES = [(375, 500), (500, 375), (375, 500), (333, 500), (375, 500), (500, 500), (375, 500), (500, 333)]
+# (H, W) and share of the ImageNet-val-like mix; the rest is the random tail
+HEAD = [((375, 500), 0.50), ((500, 375), 0.13), ((333, 500), 0.12), ((500, 333), 0.07), ((500, 500), 0.03)]
 
 
-def make_data(n, classes, seed=0):
+def sample_size(g: torch.Generator, tail: float) -> tuple[int, int]:
+    """An (H, W) of the mix: the head's sizes scaled to 1 - tail, else the tail."""
+    u = float(torch.rand((), generator=g))
+    for size, p in HEAD:
+        u -= p * (1 - tail) / sum(q for _, q in HEAD)
+        if u < 0:
+            return size
+    short = int(torch.randint(200, 500, (), generator=g))
+    return (short, 500) if float(torch.rand((), generator=g)) < 0.7 else (500, short)
+
+
+def jpeg(h: int, w: int, g: torch.Generator) -> np.ndarray:
+    """A photo-like (smooth plus noise) image, JPEG-encoded and decoded back."""
+    low = torch.rand(3, h // 16 + 1, w // 16 + 1, generator=g)
+    x = torch.nn.functional.interpolate(low[None], size=(h, w), mode="bicubic", align_corners=False)[0]
+    x = (x * 200 + torch.rand(3, h, w, generator=g) * 55).clamp(0, 255).to(torch.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(x.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=90)
+    return np.array(Image.open(buf).convert("RGB"))
+
+
+def make_data(n, classes, tail=0.15, seed=0):
     g = torch.Generator().manual_seed(seed)
     images, boxes = [], []
-    for i in range(n):
-        h, w = SIZES[i % len(SIZES)]
-        images.append(torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8))
+    for _ in range(n):
+        h, w = sample_size(g, tail)
+        images.append(jpeg(h, w, g))
         x0, y0 = int(torch.randint(0, w // 2, (), generator=g)), int(torch.randint(0, h // 2, (), generator=g))
         boxes.append([[x0, y0, x0 + w // 3, y0 + h // 3], [x0 + 20, y0 + 10, x0 + w // 2, y0 + h // 2]])
     return images, boxes, torch.randint(classes, (n,), generator=g).tolist()
@@ -86,6 +116,7 @@ def main():
     p.add_argument("--short-side", type=int, default=448)
     p.add_argument("--metrics", default="ch,iauc")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--tail", type=float, default=0.15, help="share of random-size images")
     args = p.parse_args()
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -93,7 +124,7 @@ def main():
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.arch)(num_classes=args.classes).to(args.device).eval()
-    images, boxes, labels = make_data(args.images, args.classes)
+    images, boxes, labels = make_data(args.images, args.classes, args.tail)
     n = len(images)
 
     if "ch" in args.metrics:
@@ -103,7 +134,7 @@ def main():
             content_heatmap_single(model, im, b, y, **kw) for im, b, y in zip(images, boxes, labels)])
         diff = (res.ch - torch.tensor([s[0] for s in single], dtype=torch.float64)).abs().max()
         buckets = len({geometry(*im.shape[:2], short_side=args.short_side).input_size for im in images})
-        report("content_heatmap", n, t_b, t_s, float(diff), args, device_name, shape_buckets=buckets)
+        report("content_heatmap", n, t_b, t_s, float(diff), args, device_name, shape_buckets=buckets, tail=args.tail)
 
     if "iauc" in args.metrics:
         x = torch.stack([preprocess(im, geometry(*im.shape[:2], protocol="squash")) for im in images])

@@ -9,6 +9,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$out"
 common=(--device cuda --arch resnet50 --batch 128 --dtype bf16 --channels-last)
 python bench/objective_step.py "${common[@]}" --steps 10 --rounds 3 | tee -a "$out"
 python bench/device_decode.py --images 512 --batch 128 | tee -a "$out"
-python bench/eval_metrics.py --device cuda --arch resnet50 --images 64 --batch 32 | tee -a "$out"
+# CH on the ImageNet-like JPEG mix (15 % random-size tail), then the head sizes alone
+python bench/eval_metrics.py --device cuda --arch resnet50 --images 512 --batch 64 | tee -a "$out"
+python bench/eval_metrics.py --device cuda --arch resnet50 --images 512 --batch 64 --tail 0 --metrics ch | tee -a "$out"
 timeout 200 python bench/objective_step.py "${common[@]}" --compile --steps 10 --rounds 2 \
     --cases baseline,official,two_view | tee -a "$out"

@@ -107,9 +107,25 @@ def preprocess(image, geom: Geometry, device=None) -> torch.Tensor:
     """
     x = torch.as_tensor(image).to(device)
     x = x.permute(2, 0, 1).float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return _resize_crop_normalize(x, geom)
+
+
+def preprocess_batch(images, geom: Geometry, device=None) -> torch.Tensor:
+    """`preprocess` of same-size images (B, 3, h, w): one upload, one resize."""
+    ts = [torch.as_tensor(im) for im in images]
+    if all(t.dtype == torch.uint8 for t in ts):
+        # contiguous: NCHW as in `preprocess` (a channels_last batch runs other conv kernels)
+        x = torch.stack(ts).to(device).permute(0, 3, 1, 2).float().contiguous() / 255.0
+    else:
+        x = torch.stack([t.permute(2, 0, 1).float() / 255.0 if t.dtype == torch.uint8 else t.float()
+                         for t in ts]).to(device)
+    return _resize_crop_normalize(x, geom)
+
+
+def _resize_crop_normalize(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     x = TF.resize(x, list(geom.resize), antialias=True)
     top, left, h, w = geom.crop
-    return TF.normalize(x[:, top:top + h, left:left + w], MEAN, STD)
+    return TF.normalize(x[..., top:top + h, left:left + w], MEAN, STD)
 
 
 def clamp_boxes(boxes, height: int, width: int) -> tuple[torch.Tensor, int]:
@@ -146,6 +162,27 @@ def content(cam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     up = F.interpolate(low[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
     up = up.double()
     return (up * mask).sum() / up.sum()
+
+
+def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`box_mask` of each image's boxes (B, n, 4) at once: (B, height, width)
+    bool, on the boxes' device; all-zero rows (padding) contain no pixel."""
+    ys = torch.arange(height, dtype=torch.float64, device=boxes.device) + 0.5
+    xs = torch.arange(width, dtype=torch.float64, device=boxes.device) + 0.5
+    in_y = (ys >= boxes[..., 1:2]) & (ys < boxes[..., 3:4])  # (B, n, H)
+    in_x = (xs >= boxes[..., 0:1]) & (xs < boxes[..., 2:3])  # (B, n, W)
+    mask = torch.zeros(len(boxes), height, width, dtype=torch.bool, device=boxes.device)
+    for k in range(boxes.shape[1]):
+        mask |= in_y[:, k, :, None] & in_x[:, k, None, :]
+    return mask
+
+
+def contents(cams: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """`content` of each map (B, h, w) in its mask (B, H, W): (B,) float64."""
+    low = cams / (cams.sum((1, 2), keepdim=True) + EPS) + EPS
+    up = F.interpolate(low[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    up = up.double()
+    return (up * masks).sum((1, 2)) / up.sum((1, 2))
 
 
 @contextmanager
@@ -222,6 +259,9 @@ def content_heatmap(model: nn.Module, images, boxes, labels, *, layer: str = "la
     tensors; boxes: per image an (n, 4) array of its class's boxes; labels:
     the ground-truth classes. `eval_mode=False` keeps the model's own mode (in
     train mode BatchNorm makes a map depend on its batch mates).
+    Each batch is preprocessed, and its maps scored, per original image size
+    (one resize, one upsampling, one mask build per size); the device is
+    synchronised once, at the end.
     """
     device = model_device(model)
     sizes = [image_size(im) for im in images]
@@ -229,18 +269,47 @@ def content_heatmap(model: nn.Module, images, boxes, labels, *, layer: str = "la
     buckets = defaultdict(list)
     for i, g in enumerate(geoms):
         buckets[g.input_size].append(i)
-    ch = torch.empty(len(images), dtype=torch.float64)
-    clamped = 0
+    order, scores, clamped = [], [], 0
     with (evaluating(model) if eval_mode else nullcontext()), cam_net(model, layer) as net:
         for bucket in buckets.values():
-            for chunk in (bucket[s:s + batch_size] for s in range(0, len(bucket), batch_size)):
-                x = torch.stack([preprocess(images[i], geoms[i], device) for i in chunk])
-                target = torch.tensor([int(labels[i]) for i in chunk], device=device)
-                _, cams = class_gradcam(net, x, target)
-                scores = []
-                for i, cam in zip(chunk, cams):
-                    b, n = heatmap_boxes(boxes[i], sizes[i], geoms[i])
+            for s in range(0, len(bucket), batch_size):
+                by_size = _by_size(bucket[s:s + batch_size], sizes)
+                x = torch.cat([preprocess_batch([images[i] for i in g], geoms[g[0]], device) for g in by_size])
+                chunk = [i for g in by_size for i in g]
+                _, cams = class_gradcam(net, x, torch.tensor([int(labels[i]) for i in chunk], device=device))
+                for g, cam in zip(by_size, cams.split([len(g) for g in by_size])):
+                    mass, n = _box_mass(cam, [boxes[i] for i in g], sizes[g[0]], geoms[g[0]])
+                    scores.append(mass)
                     clamped += n
-                    scores.append(content(cam, box_mask(b, *geoms[i].heat, device)))
-                ch[chunk] = torch.stack(scores).cpu()
+                order += chunk
+    ch = torch.empty(len(images), dtype=torch.float64)
+    if order:
+        ch[order] = torch.cat(scores).cpu()
     return ContentHeatmapResult(ch, clamped)
+
+
+# elements of the (B, H, W) float64 maps scored at once (128 MiB)
+MAX_MASS_ELEMENTS = 1 << 24
+
+
+def _box_mass(cams: torch.Tensor, boxes: list, size: tuple[int, int], geom: Geometry) -> tuple[torch.Tensor, int]:
+    """`content` of the maps (B, h, w) of images of one original `size`, and
+    the clamp count: all boxes mapped at once, masks and upsampling in slices
+    of bounded memory."""
+    per_image = [torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) for b in boxes]
+    padded = torch.zeros(len(boxes), max(1, *(len(b) for b in per_image)), 4, dtype=torch.float64)
+    for i, b in enumerate(per_image):
+        padded[i, :len(b)] = b  # (0, 0, 0, 0) rows stay empty boxes: never clamped, no pixel
+    mapped, clamped = heatmap_boxes(padded.reshape(-1, 4), size, geom)
+    mapped = mapped.reshape(padded.shape).to(cams.device)
+    step = max(1, MAX_MASS_ELEMENTS // (geom.heat[0] * geom.heat[1]))
+    mass = [contents(cams[s:s + step], box_masks(mapped[s:s + step], *geom.heat)) for s in range(0, len(boxes), step)]
+    return torch.cat(mass), clamped
+
+
+def _by_size(chunk: list[int], sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """`chunk` split into runs of images of one original size, first-seen order."""
+    groups = defaultdict(list)
+    for i in chunk:
+        groups[sizes[i]].append(i)
+    return list(groups.values())
