@@ -8,58 +8,139 @@ One decode per image; from it, the views a recipe needs as uint8 HWC arrays:
   training device from the query (`batches.to_device`), so the CPU neither
   decodes nor resizes twice.
 Validation: Resize(resize) + CenterCrop(size), with boxes mapped into the crop.
-The geometric ops are torchvision's own functional ops on PIL images.
+
+Both views are PIL's antialiased bilinear resampling (what torchvision's
+transforms run on PIL images) of a source box, resampled straight from the
+decoded image: "xe" is bit-identical to torchvision's `resized_crop`; "image"
+skips the intermediate Resize(resize) image and differs from torchvision's
+Resize + CenterCrop by at most 1 grey level (float rounding of the filter
+positions; `tests/test_data_views.py`).
 """
 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageFile
 
 from ..transforms import random_resized_crop, sample_crop_flip
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey image
 RECIPE_VIEWS = {"official": ("xe", "image"), "two_view": ("xe",), "baseline": ("xe",)}
+DRAFT_SCALES = (8, 4, 2)  # JPEG DCT scaling: decode at 1/8, 1/4 or 1/2 of the size
+_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class BadImage(ValueError):
     """The bytes are not a decodable image (empty, truncated, corrupt)."""
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Any PIL-readable bytes as RGB: greyscale, CMYK and PNG-inside-.JPEG included
-    (the format is read from the content, not the file name)."""
+def open_image(data: bytes) -> Image.Image:
+    """The image with its header read (size, format, mode), not yet decoded."""
     if not data:
         raise BadImage("zero-byte file")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return Image.open(io.BytesIO(data))
+    except _ERRORS as e:
         raise BadImage(str(e) or type(e).__name__) from e
 
 
-def center_view(img: Image.Image, resize: int, size: int) -> Image.Image:
-    return TF.center_crop(TF.resize(img, resize), size)
+def load_rgb(img: Image.Image, scale: int = 1) -> tuple[Image.Image, float]:
+    """Decode an opened image as RGB, reduced by `scale` through JPEG DCT
+    scaling where the format has it; returns the image and the reduction
+    applied (1.0 for other formats or scale 1)."""
+    applied = 1.0
+    try:
+        if scale > 1:
+            w, h = img.size
+            drafted = img.draft("RGB", (w // scale, h // scale))
+            applied = w / drafted[1][2] if drafted else 1.0
+        img.load()
+        return (img if img.mode == "RGB" else img.convert("RGB")), applied
+    except _ERRORS as e:
+        raise BadImage(str(e) or type(e).__name__) from e
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Any PIL-readable bytes as RGB, full size: greyscale, CMYK and
+    PNG-inside-.JPEG included (the format is read from the content)."""
+    return load_rgb(open_image(data))[0]
+
+
+def draft_scale(w: int, h: int, crop_hw: tuple[int, int], size: int, resize: int | None) -> int:
+    """The largest DCT reduction that keeps every view a downscale: the
+    RandomResizedCrop box (crop_hw, pixels of the w x h image) still spans
+    >= size pixels a side, and the short side stays >= resize (None: no
+    Resize view). 1 (full decode) when no reduction qualifies."""
+    for s in DRAFT_SCALES:
+        if min(crop_hw) / s >= size and (resize is None or min(w, h) / s >= resize):
+            return s
+    return 1
+
+
+def decode_train_views(data: bytes, recipe: str, size: int, resize: int, rng: np.random.Generator,
+                       draft: bool = True) -> dict:
+    """train_views of the image in `data`, decoded once and, with `draft`, at
+    the smallest DCT scale that `draft_scale` allows for the sampled crop.
+
+    Exactness: a reduced decode averages s x s pixels in the DCT before the
+    bilinear resampling, so views differ from the full decode's by a few grey
+    levels at sharp edges (a different low-pass, not a different geometry: the
+    boxes are the same in full-image pixels); both are downscales, never
+    upsampling (`tests/test_data_views.py` bounds the difference).
+    """
+    img = open_image(data)
+    w, h = img.size
+    box = random_resized_crop(h, w, rng)
+    scale = draft_scale(w, h, box[2:], size, resize if recipe == "official" else None) if draft else 1
+    img, applied = load_rgb(img, scale)
+    return _train_views(img, applied, (w, h), box, recipe, size, resize, rng)
 
 
 def train_views(img: Image.Image, recipe: str, size: int, resize: int, rng: np.random.Generator) -> dict:
-    """The recipe's CPU views of one decoded image, plus T's parameters."""
+    """The recipe's CPU views of one decoded (full-size) image, plus T's parameters."""
     w, h = img.size
-    top, left, ch, cw = random_resized_crop(h, w, rng)
-    xe = TF.resized_crop(img, top, left, ch, cw, [size, size])
+    return _train_views(img, 1.0, (w, h), random_resized_crop(h, w, rng), recipe, size, resize, rng)
+
+
+def _train_views(img, scale, full_wh, box, recipe, size, resize, rng) -> dict:
+    top, left, ch, cw = box
+    xe = _crop_resize(img, [v / scale for v in (left, top, left + cw, top + ch)], size)
     if rng.random() < 0.5:
-        xe = TF.hflip(xe)
+        xe = xe.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     out = {"xe": np.asarray(xe)}
     if recipe == "official":
-        out["image"] = np.asarray(center_view(img, resize, size))
+        out["image"] = np.asarray(_center_view(img, scale, full_wh, resize, size))
     if recipe != "baseline":
         crop, flip = sample_crop_flip(size, size, rng)
         out.update(crop=np.asarray(crop, dtype=np.int64), flip=flip)
     return out
+
+
+def _crop_resize(img: Image.Image, box, size: int) -> Image.Image:
+    """torchvision's resized_crop for a (possibly fractional) box (left, top,
+    right, bottom): the filter sees only the pixels of the box's enclosing crop."""
+    left, top = math.floor(box[0]), math.floor(box[1])
+    crop = img.crop((left, top, math.ceil(box[2]), math.ceil(box[3])))
+    return crop.resize((size, size), Image.BILINEAR,
+                       box=(box[0] - left, box[1] - top, box[2] - left, box[3] - top))
+
+
+def _center_view(img: Image.Image, scale: float, full_wh, resize: int, size: int) -> Image.Image:
+    """Resize(resize) + CenterCrop(size) of the full_wh image, as one resampling
+    of the crop's source box from img (decoded at 1/scale)."""
+    w, h = full_wh
+    nw, nh = _resized(w, h, resize)
+    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
+    sx, sy = w / nw / scale, h / nh / scale
+    return img.resize((size, size), Image.BILINEAR,
+                      box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+
+def center_view(img: Image.Image, resize: int, size: int) -> Image.Image:
+    return _center_view(img, 1.0, img.size, resize, size)
 
 
 def val_view(img: Image.Image, boxes, resize: int, size: int) -> tuple[np.ndarray, np.ndarray]:
