@@ -498,14 +498,13 @@ def job_module(path: str):
 def test_entrypoint_flags_parse(kdir):
     """Every job script's own `parse` (the jobs/ convention) accepts the flags."""
     jobs = [o for o in rendered(kdir) if o["kind"] == "RayJob"]
-    checked = 0
     for obj in jobs:
         path, entrypoint = script(obj["spec"]["entrypoint"]), obj["spec"]["entrypoint"]
         assert hasattr(job_module(path), "parse"), f"{path} has no parse() to check its flags with"
         try:
             job_module(path).parse(shlex.split(entrypoint)[2:])
-        except SystemExit:  # argparse: unknown flag, missing required flag, bad value
-            pytest.fail(f"{kid(kdir)}: {path} does not accept its entrypoint's flags: {entrypoint}")
+        except (SystemExit, ValueError) as e:  # argparse: unknown flag, bad value; ConfigError: a bad combination
+            pytest.fail(f"{kid(kdir)}: {path} does not accept its entrypoint's flags ({e}): {entrypoint}")
 
 
 def test_job_names_are_unique():
