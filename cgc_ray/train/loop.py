@@ -1,8 +1,9 @@
 """The per-worker training loop run by Ray Train's TorchTrainer (DDP).
 
 Each epoch: the worker's equal shard of the training set, `steps_per_epoch`
-steps of the CGC objective (the lr scheduled per step: schedule.py), validation (top-1/top-5 and
-the CGC loss on held-out batches of 32, summed over ranks) and a checkpoint.
+steps of the CGC objective (the lr set per step by schedule.py), validation
+(top-1/top-5 and the CGC loss on held-out batches of 32, summed over ranks)
+and a checkpoint.
 With `checkpoint_every_steps`, also mid-epoch checkpoints. A restarted worker
 group resumes at the checkpoint's (epoch, step in epoch): the epoch in
 progress only runs its remaining steps, so no epoch is lost or counted twice.
