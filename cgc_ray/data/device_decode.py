@@ -18,24 +18,18 @@ import logging
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..transforms import random_resized_crop, sample_crop_flip
-from .views import BadImage, decode_rgb
+from .views import decode_rgb, open_image
 
 log = logging.getLogger(__name__)
 
 
 def device_ready(data: bytes) -> tuple[bytes, int, int]:
     """(JPEG bytes nvJPEG can decode, height, width), from the header alone when possible."""
-    if not data:
-        raise BadImage("zero-byte file")
-    try:
-        header = Image.open(io.BytesIO(data))
-        fmt, mode, (w, h) = header.format, header.mode, header.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImage(str(e) or type(e).__name__) from e
+    header = open_image(data)
+    fmt, mode, (w, h) = header.format, header.mode, header.size
     if fmt == "JPEG" and mode in ("RGB", "L"):
         return data, h, w
     img = decode_rgb(data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,10 +23,9 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ExecutionOptions, ExecutionResources, RandomSeedConfig
 
-from ..transforms import sample_crop_flip
 from .device_decode import device_ready, draw_params
 from .storage import StorageOptions, read_bytes, resolve
-from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, val_view
+from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, val_transform, val_view
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ class DataSettings:
     decode_batch: int = 32           # rows per decode batch (and per output block)
     rows_per_task: int = 2048        # most rows one decode task works through
     read_threads: int = 16           # concurrent object reads per task
-    max_bad_images: int = 1000       # skipped images allowed before the run fails
+    max_bad_images: int | None = 1000  # skipped images allowed before the run fails (None: no limit)
     object_store_limit: int | None = None  # bytes; None = Ray Data's default share
     storage: StorageOptions = field(default_factory=StorageOptions)
     ledger: str | None = None        # name of the BadImageLedger actor (None: log only)
@@ -71,8 +69,9 @@ def open_ledger(name: str):
     return BadImageLedger.options(name=name, get_if_exists=True).remote()
 
 
-def _fetch_decode(uris, settings: DataSettings, decode=decode_rgb):
-    """decode(bytes) of each uri (None where unreadable), and the (uri, reason) of the failures."""
+def fetch_decode(uris, settings: DataSettings, decode=decode_rgb) -> tuple[list[int], list]:
+    """The positions of the readable uris and decode(bytes) of each; the
+    others are logged and counted (`_report`)."""
     def fetch(uri):
         try:
             return read_bytes(uri, settings.storage), None
@@ -95,7 +94,8 @@ def _fetch_decode(uris, settings: DataSettings, decode=decode_rgb):
     bad = [r[1] for r in results if r[1] is not None]
     if bad:
         _report(bad, settings)
-    return [r[0] for r in results], bad
+    keep = [i for i, r in enumerate(results) if r[1] is None]
+    return keep, [results[i][0] for i in keep]
 
 
 def _report(bad, settings: DataSettings):
@@ -104,7 +104,7 @@ def _report(bad, settings: DataSettings):
     if settings.ledger is None:
         return
     total = ray.get(ray.get_actor(settings.ledger).record.remote(bad))
-    if total > settings.max_bad_images:
+    if settings.max_bad_images is not None and total > settings.max_bad_images:
         raise TooManyBadImages(
             f"{total} images could not be read (limit max_bad_images={settings.max_bad_images}); "
             f"latest: {bad[-1][0]} ({bad[-1][1]})")
@@ -114,21 +114,17 @@ def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
     if settings.gpu_decode:
         return _raw_batch(batch, recipe, settings)
     rng = np.random.default_rng()  # a fresh stream per batch: augmentations differ every epoch
-    views, _ = _fetch_decode(batch["uri"], settings, decode=functools.partial(
+    keep, views = fetch_decode(batch["uri"], settings, decode=functools.partial(
         decode_train_views, recipe=recipe, size=settings.image_size, resize=settings.resize_size, rng=rng))
-    keep = [i for i, v in enumerate(views) if v is not None]
-    views = [views[i] for i in keep]
     columns = _columns(RECIPE_VIEWS[recipe], recipe != "baseline", settings.image_size)
     return _stack(views, batch, keep, columns)
 
 
 def _raw_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
     """JPEG bytes + the views' random parameters, for decoding on the device."""
-    ready, _ = _fetch_decode(batch["uri"], settings, decode=device_ready)
+    keep, ready = fetch_decode(batch["uri"], settings, decode=device_ready)
     rng = np.random.default_rng()
-    keep = [i for i, r in enumerate(ready) if r is not None]
-    rows = [{"jpeg": ready[i][0], **draw_params(ready[i][1], ready[i][2], recipe, settings.image_size, rng)}
-            for i in keep]
+    rows = [{"jpeg": jpeg, **draw_params(h, w, recipe, settings.image_size, rng)} for jpeg, h, w in ready]
     columns = {"jpeg": ((), object), "xe_box": ((4,), np.int64), "xe_flip": ((), np.bool_)}
     if recipe != "baseline":
         columns.update(crop=((4,), np.int64), flip=((), np.bool_))
@@ -136,14 +132,11 @@ def _raw_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
 
 
 def _val_batch(batch: dict, settings: DataSettings) -> dict:
-    images, _ = _fetch_decode(batch["uri"], settings)
-    keep = [i for i, img in enumerate(images) if img is not None]
+    keep, images = fetch_decode(batch["uri"], settings)
     views = []
-    for i in keep:
-        image, boxes = val_view(images[i], batch["boxes"][i], settings.resize_size, settings.image_size)
-        # T for the validation CGC loss: fixed per image, so epochs are comparable.
-        rng = np.random.default_rng([settings.seed, zlib.crc32(batch["uri"][i].encode())])
-        crop, flip = sample_crop_flip(settings.image_size, settings.image_size, rng)
+    for i, img in zip(keep, images):
+        image, boxes = val_view(img, batch["boxes"][i], settings.resize_size, settings.image_size)
+        crop, flip = val_transform(batch["uri"][i], settings.image_size, settings.seed)
         views.append({"image": image, "crop": np.asarray(crop, dtype=np.int64), "flip": flip, "boxes": boxes})
     columns = {**_columns(("image",), True, settings.image_size), "boxes": ((), object)}
     return _stack(views, batch, keep, columns)

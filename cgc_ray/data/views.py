@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -141,6 +142,12 @@ def _center_view(img: Image.Image, scale: float, full_wh, resize: int, size: int
 
 def center_view(img: Image.Image, resize: int, size: int) -> Image.Image:
     return _center_view(img, 1.0, img.size, resize, size)
+
+
+def val_transform(uri: str, size: int, seed: int) -> tuple[list[int], bool]:
+    """T for the validation CGC loss: fixed by (seed, URI), so epochs and
+    evaluations are comparable."""
+    return sample_crop_flip(size, size, np.random.default_rng([seed, zlib.crc32(uri.encode())]))
 
 
 def val_view(img: Image.Image, boxes, resize: int, size: int) -> tuple[np.ndarray, np.ndarray]:

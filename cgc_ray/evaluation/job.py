@@ -29,8 +29,6 @@ import json
 import logging
 import os
 import uuid
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,12 +40,12 @@ from torch import nn
 from ..data.embedded import ensure_embedded
 from ..data.indexers import child, load_or_build
 from ..data.manifest import Manifest
-from ..data.pipeline import open_ledger
+from ..data.pipeline import DataSettings, fetch_decode, open_ledger
 from ..data.storage import StorageOptions, read_bytes, write_bytes
-from ..data.views import BadImage, decode_rgb
+from ..data.views import BadImage, decode_rgb, val_transform
 from ..objective import CGCConfig, heatmap_consistency
 from ..train.model import build_model
-from ..transforms import crop_resize_flip, sample_crop_flip
+from ..transforms import crop_resize_flip
 from . import figures, report, unrel
 from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess
 from .insertion import STEP, insertion_auc
@@ -179,11 +177,6 @@ def _boxes(value) -> np.ndarray | None:
     return np.stack([np.asarray(b, dtype=np.float64) for b in value]).reshape(-1, 4)
 
 
-def cgc_transform(uri: str, size: int, seed: int) -> tuple[list[int], bool]:
-    """T of the CGC loss for one image: fixed by (seed, URI), as the training job's validation."""
-    return sample_crop_flip(size, size, np.random.default_rng([seed, zlib.crc32(uri.encode())]))
-
-
 def predictions(logits: torch.Tensor, allowed: torch.Tensor):
     """Top-1 and top-5 hits (B,) and the Grad-CAM class (B,): the allowed class
     scored highest (the label itself where one class is allowed); allowed: (B, C) bool."""
@@ -258,7 +251,7 @@ class BatchMetrics:
     def _cgc(self, ck: Checkpoint, query: torch.Tensor, uris) -> tuple[float, torch.Tensor]:
         """L_CGC of the batch (query = the centre crops, positive = T(query),
         negatives = the others) and the query's logits (eval mode: the top-1 logits)."""
-        ts = [cgc_transform(str(u), query.shape[-1], self.cfg.seed) for u in uris]
+        ts = [val_transform(str(u), query.shape[-1], self.cfg.seed) for u in uris]
         crop = torch.tensor([c for c, _ in ts], dtype=torch.int64)
         flip = torch.tensor([f for _, f in ts], dtype=torch.bool)
         aug = crop_resize_flip(query, crop, flip)
@@ -282,24 +275,16 @@ def rows_table(manifest: Manifest, limit: int | None = None) -> pa.Table:
 def decode_rows(batch: dict, storage: StorageOptions, ledger: str | None, threads: int = 16):
     """Read and decode a batch of rows (CPU task); unreadable images are dropped
     and recorded. Yields nothing when no image of the batch could be read."""
-    def load(uri):
-        try:
-            return np.asarray(decode_rgb(read_bytes(uri, storage))), None
-        except (OSError, BadImage) as e:
-            return None, (uri, f"{type(e).__name__}: {e}")
-
-    with ThreadPoolExecutor(threads) as pool:
-        loaded = list(pool.map(load, batch["uri"]))
-    bad = [err for _, err in loaded if err is not None]
-    for uri, reason in bad:
-        log.warning("skipping unreadable image %s (%s)", uri, reason)
-    if bad and ledger:
-        ray.get(ray.get_actor(ledger).record.remote(bad))
-    keep = [i for i, (img, _) in enumerate(loaded) if img is not None]
+    settings = DataSettings(storage=storage, ledger=ledger, read_threads=threads, max_bad_images=None)
+    keep, images = fetch_decode(batch["uri"], settings, decode=_decode_array)
     if keep:
         yield {"index": np.asarray(batch["index"])[keep], "uri": np.asarray(batch["uri"], dtype=object)[keep],
                "label": np.asarray(batch["label"], dtype=np.int64)[keep],
-               "boxes": [_box_list(batch["boxes"][i]) for i in keep], "image": [loaded[i][0] for i in keep]}
+               "boxes": [_box_list(batch["boxes"][i]) for i in keep], "image": images}
+
+
+def _decode_array(data: bytes) -> np.ndarray:
+    return np.asarray(decode_rgb(data))
 
 
 def _box_list(value) -> list | None:
