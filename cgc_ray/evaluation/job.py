@@ -44,7 +44,7 @@ from ..data.pipeline import DataSettings, fetch_decode, open_ledger
 from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb, val_transform
 from ..objective import CGCConfig, heatmap_consistency
-from ..train.model import build_model
+from ..train.checkpoint import load_model
 from ..transforms import crop_resize_flip
 from . import figures, report, unrel
 from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess
@@ -126,12 +126,10 @@ def read_meta(uri: str, storage: StorageOptions = StorageOptions()) -> dict:
 
 def load_checkpoint(uri: str, storage: StorageOptions = StorageOptions(), device="cpu") -> Checkpoint:
     """A training checkpoint (state.pt + meta.json, local or s3://) as an eval-mode model."""
-    meta = read_meta(uri, storage)
-    # Our own training checkpoints also hold optimiser and RNG state (numpy arrays): not weights_only.
-    state = torch.load(io.BytesIO(read_bytes(child(uri, "state.pt"), storage)), map_location="cpu",
-                       weights_only=False)
-    model = build_model(meta["arch"], len(meta["classes"]))
-    model.load_state_dict(state["model"])
+    try:
+        model, meta = load_model(uri, storage)
+    except OSError as e:
+        raise EvalError(f"--checkpoint {uri}: cannot read the checkpoint ({e})") from e
     return Checkpoint(uri, meta, model.to(device).eval())
 
 

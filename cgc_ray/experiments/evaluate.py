@@ -8,9 +8,6 @@ so the same images are scored for every trial of a sweep.
 
 from __future__ import annotations
 
-import io
-import json
-
 import numpy as np
 import torch
 
@@ -18,8 +15,7 @@ from ..data.manifest import Manifest, read
 from ..data.storage import StorageOptions, read_bytes
 from ..data.views import BadImage, decode_rgb
 from ..evaluation.content_heatmap import content_heatmap
-from ..train.checkpoint import META, STATE
-from ..train.model import build_model
+from ..train.checkpoint import load_model
 
 
 def boxed_rows(manifest: Manifest, limit: int | None) -> list[int]:
@@ -29,16 +25,6 @@ def boxed_rows(manifest: Manifest, limit: int | None) -> list[int]:
     if limit is None or len(rows) <= limit:
         return rows
     return [rows[k * len(rows) // limit] for k in range(limit)]
-
-
-def load_model(checkpoint_uri: str, storage: StorageOptions = StorageOptions()) -> tuple[torch.nn.Module, dict]:
-    """The model of a training checkpoint (local path or s3://) and its meta.json."""
-    meta = json.loads(read_bytes(f"{checkpoint_uri}/{META}", storage))
-    state = torch.load(io.BytesIO(read_bytes(f"{checkpoint_uri}/{STATE}", storage)), map_location="cpu",
-                       weights_only=False)  # our own checkpoint: it holds RNG states next to the tensors
-    model = build_model(meta["arch"], len(meta["classes"]))
-    model.load_state_dict(state["model"])
-    return model, meta
 
 
 def checkpoint_ch(checkpoint_uri: str, manifest_uri: str, *, limit: int | None = 500, short_side: int = 448,

@@ -4,12 +4,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 
 import numpy as np
 import torch
+from torch import nn
+
+from ..data.storage import StorageOptions, read_bytes
+from .model import build_model
 
 STATE, META = "state.pt", "meta.json"
 
@@ -51,3 +56,14 @@ def load(directory: str, *, model, optimizer=None, scheduler=None, scaler=None) 
 def read_meta(directory: str) -> dict:
     with open(os.path.join(directory, META)) as f:
         return json.load(f)
+
+
+def load_model(uri: str, storage: StorageOptions = StorageOptions()) -> tuple[nn.Module, dict]:
+    """The model of a checkpoint folder (local path or s3://) and its meta.json."""
+    meta = json.loads(read_bytes(f"{uri.rstrip('/')}/{META}", storage))
+    # Our own checkpoints also hold optimiser and RNG state (numpy arrays): not weights_only.
+    state = torch.load(io.BytesIO(read_bytes(f"{uri.rstrip('/')}/{STATE}", storage)), map_location="cpu",
+                       weights_only=False)
+    model = build_model(meta["arch"], len(meta["classes"]))
+    model.load_state_dict(state["model"])
+    return model, meta
