@@ -2,11 +2,16 @@
 one-image-at-a-time protocol, on the same images and model.
 
 Prints one JSON line per metric and mode: images/s and seconds (best of
---rounds, the passes interleaved), the speed-up of the batched pass over the
-reference in the same run, and the largest difference of their per-image
-results (for IAUC each pass computes its own maps, so near-equal heatmap
-values may be ordered differently). The model is randomly initialised (the
-metrics' values do not matter here, only their cost).
+--rounds, the passes interleaved), the speed-up over the one-image reference
+("single") in the same run, and the largest difference of the per-image
+results from it (for IAUC each pass computes its own maps, so near-equal
+heatmap values may be ordered differently). The model is randomly initialised
+(the metrics' values do not matter here, only their cost).
+
+CH modes: "batched" buckets all images by input shape (what the evaluation
+job's shape-ordered CH pass gets); "batched_in_input_order" calls the same
+function on consecutive chunks of --batch images, so only the images of a
+chunk can share a forward (what the job did before it ordered the CH pass).
 
 Images are JPEGs written and decoded here (decoding is not timed), in an
 ImageNet-val-like mix of sizes (W x H): 500x375 most often, then 375x500,
@@ -81,27 +86,28 @@ def timed(fn, device):
     return out, time.perf_counter() - t0
 
 
-def best_of(args, batched, single):
-    """Both passes `args.rounds` times, interleaved: last outputs, best times.
+def best_of(args, *passes):
+    """Each pass `args.rounds` times, interleaved: last outputs, best times.
     The first round also warms up (kernel selection, allocator)."""
-    times = ([], [])
+    times = [[] for _ in passes]
     for _ in range(args.rounds):
         outs = []
-        for fn, ts in zip((batched, single), times):
+        for fn, ts in zip(passes, times):
             out, t = timed(fn, args.device)
             outs.append(out)
             ts.append(t)
     return outs, [min(ts) for ts in times]
 
 
-def report(metric, n, t_batched, t_single, diff, args, device_name, **extra):
-    for mode, t in (("batched", t_batched), ("single", t_single)):
+def report(metric, n, seconds: dict, diffs: dict, args, device_name, **extra):
+    """One line per mode; seconds and diffs by mode, "single" the reference."""
+    for mode, t in seconds.items():
         print(json.dumps({
             "bench": "eval_metrics", "metric": metric, "mode": mode, "arch": args.arch,
             "images": n, "batch": args.batch, **extra, "device": device_name,
             "images_per_s": round(n / t, 2), "seconds": round(t, 2),
-            "speedup_batched_over_single": round(t_single / t_batched, 2),
-            "max_abs_diff": float(f"{diff:.3g}"),
+            "speedup_over_single": round(seconds["single"] / t, 2),
+            "max_abs_diff_to_single": float(f"{diffs.get(mode, 0.0):.3g}"),
         }))
 
 
@@ -128,13 +134,20 @@ def main():
     n = len(images)
 
     if "ch" in args.metrics:
-        kw = dict(short_side=args.short_side)
-        (res, single), (t_b, t_s) = best_of(args, lambda: content_heatmap(
-            model, images, boxes, labels, batch_size=args.batch, **kw), lambda: [
-            content_heatmap_single(model, im, b, y, **kw) for im, b, y in zip(images, boxes, labels)])
-        diff = (res.ch - torch.tensor([s[0] for s in single], dtype=torch.float64)).abs().max()
+        kw = dict(short_side=args.short_side, batch_size=args.batch)
+        chunks = range(0, n, args.batch)
+        (res, in_order, single), (t_b, t_o, t_s) = best_of(
+            args, lambda: content_heatmap(model, images, boxes, labels, **kw),
+            lambda: [content_heatmap(model, images[s:s + args.batch], boxes[s:s + args.batch],
+                                     labels[s:s + args.batch], **kw) for s in chunks],
+            lambda: [content_heatmap_single(model, im, b, y, short_side=args.short_side)
+                     for im, b, y in zip(images, boxes, labels)])
+        ref = torch.tensor([s[0] for s in single], dtype=torch.float64)
+        diffs = {"batched": float((res.ch - ref).abs().max()),
+                 "batched_in_input_order": float((torch.cat([r.ch for r in in_order]) - ref).abs().max())}
         buckets = len({geometry(*im.shape[:2], short_side=args.short_side).input_size for im in images})
-        report("content_heatmap", n, t_b, t_s, float(diff), args, device_name, shape_buckets=buckets, tail=args.tail)
+        report("content_heatmap", n, {"batched": t_b, "batched_in_input_order": t_o, "single": t_s}, diffs,
+               args, device_name, shape_buckets=buckets, tail=args.tail)
 
     if "iauc" in args.metrics:
         x = torch.stack([preprocess(im, geometry(*im.shape[:2], protocol="squash")) for im in images])
@@ -142,7 +155,8 @@ def main():
         (res, single), (t_b, t_s) = best_of(args, lambda: insertion_auc(model, x, labels, **kw), lambda: [
             insertion_auc_single(model, xi, y) for xi, y in zip(x, labels)])
         diff = (res.auc - torch.tensor([s[0] for s in single], dtype=torch.float64)).abs().max()
-        report("insertion_auc", n, t_b, t_s, float(diff), args, device_name, max_batch=args.max_batch)
+        report("insertion_auc", n, {"batched": t_b, "single": t_s}, {"batched": float(diff)}, args, device_name,
+               max_batch=args.max_batch)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def test_unknown_label_fails_at_indexing_naming_the_file(s3_server, tmp_path):
         load_or_build("imagenet", "s3://badlabel/in", "val", options=options)
 
 
-def _bad_objects(client, prefix):
+def _odd_files():
     """Odd but valid files and broken ones, named like ImageNet training images."""
     good = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(good, "JPEG")
@@ -104,6 +104,11 @@ def _bad_objects(client, prefix):
     files = {"odd_png.JPEG": png.getvalue(), "odd_grey.JPEG": grey.getvalue(), "odd_cmyk.JPEG": cmyk.getvalue(),
              "bad_empty.JPEG": b"", "bad_truncated.JPEG": truncated, "bad_garbage.JPEG": b"\x00garbage" * 10,
              "bad_missing.JPEG": good.getvalue()}
+    return files
+
+
+def _bad_objects(client, prefix):
+    files = _odd_files()
     for name, body in files.items():
         client.put_object(Bucket=BUCKET, Key=f"{prefix}/train/{CLASSES[0][0]}/{name}", Body=body)
     return files
@@ -138,6 +143,28 @@ def test_stream_an_epoch_skipping_and_counting_broken_files(ray_cluster, odd_man
     summary = ray.get(ledger.summary.remote())
     assert summary["skipped_images"] == 4
     assert {u.rsplit("/", 1)[1] for u, _ in summary["examples"]} == {n for n in files if n.startswith("bad_")}
+
+
+def test_image_sizes_from_headers_over_s3(s3_server):
+    """read_sizes against full decodes: odd formats, a header longer than the
+    64 KiB first read (a large ICC profile), broken and missing objects."""
+    from cgc_ray.data.pipeline import HEADER_BYTES, DataSettings, read_sizes
+
+    options, client = s3_server
+    client.create_bucket(Bucket="sizes")
+    files = {name: body for name, body in _odd_files().items() if name != "bad_missing.JPEG"}
+    big_icc = io.BytesIO()
+    Image.new("RGB", (57, 31), (9, 9, 9)).save(big_icc, "JPEG", icc_profile=bytes(2 * HEADER_BYTES))
+    files["big_icc.JPEG"] = big_icc.getvalue()
+    for name, body in files.items():
+        client.put_object(Bucket="sizes", Key=name, Body=body)
+    names = [*files, "bad_missing.JPEG"]
+    got = dict(zip(names, read_sizes([f"s3://sizes/{n}" for n in names], DataSettings(storage=options))))
+    for name in ("odd_png.JPEG", "odd_grey.JPEG", "odd_cmyk.JPEG", "big_icc.JPEG"):
+        assert got[name] == np.asarray(Image.open(io.BytesIO(files[name])).convert("RGB")).shape[:2], name
+    bad = ("bad_empty.JPEG", "bad_garbage.JPEG", "bad_missing.JPEG", "bad_truncated.JPEG")  # cut before its scan
+    assert [got[n] for n in bad] == [None] * 4
+    assert storage.read_head("s3://sizes/big_icc.JPEG", 100, options) == files["big_icc.JPEG"][:100]
 
 
 def test_too_many_broken_files_fail_clearly(ray_cluster, odd_manifest):

@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 import torch
@@ -135,9 +136,14 @@ def test_distributed_results_equal_the_one_image_core(ray_cluster, ckpts, small_
         pred = model(torch.stack([center_crop(im) for im in images])).argmax(1)
     assert got["top1_0"].tolist() == (pred == torch.tensor(labels)).float().tolist()
 
+    # CH: its own pass over the images with boxes, in input-shape order (see below)
+    assert "ch_0" not in got
+    ch_batches = list(job.result_batches(cfg, job.ch_rows(cfg, job.rows_table(small_set)), sets, part="ch"))
+    ch_got = dict(zip(*(np.concatenate([b[k] for b in ch_batches]).tolist() for k in ("index", "ch_0"))))
+    assert sorted(ch_got) == kept
     ch = [content_heatmap_single(model, im, rows[i]["boxes"], rows[i]["label"], short_side=224)
           for i, im in zip(kept, images)]
-    np.testing.assert_allclose(got["ch_0"], [c for c, _ in ch], rtol=0, atol=1e-5)
+    np.testing.assert_allclose([ch_got[i] for i in kept], [c for c, _ in ch], rtol=0, atol=1e-5)
     assert got["clamped"].tolist() == [n for _, n in ch] == [0, 0, 0, 1, 0, 0, 0, 0, 0]  # manifest row 4
 
     iauc = [insertion_auc_single(model, squash(im), y, step=STEP)[0] for im, y in zip(images[:2], labels[:2])]
@@ -149,6 +155,26 @@ def test_distributed_results_equal_the_one_image_core(ray_cluster, ckpts, small_
     expected = [direct_cgc(model, images[s:s + 4], uris[s:s + 4]) for s in (0, 4)]
     np.testing.assert_allclose(got["cgc_0"][[0, 4]], expected, rtol=1e-5, atol=1e-5)
     assert np.isnan(np.delete(got["cgc_0"], [0, 4])).all()
+
+
+def test_ch_rows_are_grouped_by_input_shape_with_sizes_read_where_unknown(ray_cluster, ckpts, small_set):
+    """The CH pass's order: by the protocol's input shape (from the full decode
+    here), then manifest order; sizes the manifest lacks are read from the
+    image headers; the unreadable image, whose size cannot be known, last."""
+    table = job.rows_table(small_set)
+    forget = np.isin(np.arange(table.num_rows), [0, 1, 5])
+    for name in ("width", "height"):
+        values = [None if f else v for f, v in zip(forget, table.column(name).to_pylist())]
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+    rows = table.to_pylist()
+    readable = [i for i in range(table.num_rows) if i != 2]
+    for short_side in (224, 100):
+        cfg = job.EvalConfig(checkpoints=(ckpts["cgc"],), short_side=short_side)
+        shape = {i: TF.resize(torch.zeros(1, *read_image(rows[i]["uri"]).shape[:2]), short_side).shape[1:] for i in readable}
+        expected = sorted(readable, key=lambda i: (tuple(shape[i]), i)) + [2]
+        assert job.ch_rows(cfg, table).column("index").to_pylist() == expected
+    crop = job.EvalConfig(checkpoints=(ckpts["cgc"],), ch_protocol="center_crop")
+    assert job.ch_rows(crop, table).column("index").to_pylist() == list(range(table.num_rows))
 
 
 # ---------------------------------------------------------------- (b) the job end to end, (c) its CGC column

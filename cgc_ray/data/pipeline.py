@@ -24,8 +24,8 @@ import ray
 from ray.data import ExecutionOptions, ExecutionResources, RandomSeedConfig
 
 from .device_decode import device_ready, draw_params
-from .storage import StorageOptions, read_bytes, resolve
-from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, val_transform, val_view
+from .storage import StorageOptions, read_bytes, read_head, resolve
+from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, open_image, val_transform, val_view
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,30 @@ def fetch_decode(uris, settings: DataSettings, decode=decode_rgb) -> tuple[list[
         _report(bad, settings)
     keep = [i for i, r in enumerate(results) if r[1] is None]
     return keep, [results[i][0] for i in keep]
+
+
+HEADER_BYTES = 1 << 16  # enough for a JPEG header unless it carries a large EXIF/ICC block
+
+
+def read_sizes(uris, settings: DataSettings) -> list[tuple[int, int] | None]:
+    """(height, width) of each image from its header: the first 64 KiB, or the
+    whole file where the header is longer; None where it cannot be read (the
+    decoding pass that follows skips and counts it)."""
+    def size(uri):
+        try:
+            head = read_head(uri, HEADER_BYTES, settings.storage)
+            try:
+                width, height = open_image(head).size
+            except BadImage:
+                if len(head) < HEADER_BYTES:  # that was the whole file
+                    raise
+                width, height = open_image(read_bytes(uri, settings.storage)).size
+            return height, width
+        except (OSError, BadImage):
+            return None
+
+    with ThreadPoolExecutor(max(1, min(settings.read_threads, len(uris)))) as pool:
+        return list(pool.map(size, uris))
 
 
 def _report(bad, settings: DataSettings):

@@ -79,6 +79,13 @@ def read_bytes(uri: str, options: StorageOptions = StorageOptions()) -> bytes:
         return f.read()
 
 
+def read_head(uri: str, size: int, options: StorageOptions = StorageOptions()) -> bytes:
+    """The first `size` bytes of an object (a ranged read on S3), fewer if it is shorter."""
+    fs, path = resolve(uri, options)
+    with fs.open_input_file(path) as f:
+        return f.read(size)
+
+
 def write_bytes(uri: str, data: bytes, options: StorageOptions = StorageOptions()) -> None:
     fs, path = resolve(uri, options)
     parent = path.rpartition("/")[0]

@@ -1,24 +1,32 @@
 """The evaluation job: checkpoints x validation images -> the paper's table
 (`Method | Top-1 | CH | CGC loss | IAUC`) and Grad-CAM figures.
 
-Ray Data pipeline, in manifest order (`preserve_order`):
+Two passes over the images, each a Ray Data pipeline (`preserve_order`):
 
-    manifest rows (from_arrow, blocks of `decode_batch` rows)
+    rows (from_arrow, blocks of `decode_batch` rows)
     -> decode_rows (CPU tasks): read + decode_rgb; unreadable images are
-       dropped and recorded in a ledger actor
+       dropped (and, in the first pass, recorded in a ledger actor)
     -> repartition(batch_size, strict=True): blocks of exactly `batch_size`
        consecutive decoded images (the last one may be shorter)
     -> BatchMetrics (actor pool, one GPU each with --use-gpu): every
        checkpoint loaded once per actor; per-image results out
     -> the driver sums them up (report.Totals), one batch at a time.
 
-So the CGC-loss batches are fixed: the k-th batch holds decoded images
-32k .. 32k + 31 in manifest order (unreadable images skipped), the same on
-every run and for every checkpoint; the last, partial batch has no CGC loss
-(its images still count for the other metrics). Images travel at their
-original size (variable-shaped tensor columns); the core's CH buckets them by
-input shape. All metric math is the Ray-free core's (`content_heatmap`,
-`insertion_auc`, `heatmap_consistency`); this module only moves data.
+1. "batches", in manifest order: top-1/top-5, the CGC loss and IAUC. The
+   CGC-loss batches are fixed: the k-th batch holds decoded images
+   32k .. 32k + 31 in manifest order (unreadable images skipped), the same on
+   every run and for every checkpoint; the last, partial batch has no CGC loss
+   (its images still count for the other metrics).
+2. "ch", the images with boxes ordered by their CH input shape (`ch_rows`):
+   the authors' protocol keeps each image's aspect ratio, and the core batches
+   only images of one shape, so in manifest order a batch of 32 ImageNet
+   images would run as a handful of small forwards; sorted, nearly every
+   batch is one forward. Sizes come from the manifest (the VOC XML), else
+   from the image headers. The images are read and decoded a second time.
+
+Images travel at their original size (variable-shaped tensor columns). All
+metric math is the Ray-free core's (`content_heatmap`, `insertion_auc`,
+`heatmap_consistency`); this module only moves data.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from torch import nn
 from ..data.embedded import ensure_embedded
 from ..data.indexers import child, load_or_build
 from ..data.manifest import Manifest
-from ..data.pipeline import DataSettings, fetch_decode, open_ledger
+from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
 from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb, val_transform
 from ..objective import CGCConfig, heatmap_consistency
@@ -188,13 +196,15 @@ class BatchMetrics:
     """Per-image metrics of one batch under every checkpoint (Ray-free): the
     callable class of the metric actors, so each loads the checkpoints once.
 
-    Returns columns index, uri, label, has_boxes, clamped and, per checkpoint k,
-    top1_k, top5_k (0/1), ch_k, iauc_k, cgc_k (NaN: not computed; cgc_k holds
-    the batch's loss in its first row, and only for a full batch).
+    part "batches" returns columns index, uri, label, has_boxes, clamped and,
+    per checkpoint k, top1_k, top5_k (0/1), iauc_k, cgc_k (NaN: not computed;
+    cgc_k holds the batch's loss in its first row, and only for a full batch);
+    part "ch" (images with boxes) returns index and ch_k.
     """
 
-    def __init__(self, cfg: EvalConfig, sets: list[list[list[int]]], device: str | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: EvalConfig, sets: list[list[list[int]]], device: str | None = None,
+                 part: str = "batches"):
+        self.cfg, self.part = cfg, part
         self.device = torch.device(device or ("cuda" if cfg.use_gpu else "cpu"))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -209,21 +219,28 @@ class BatchMetrics:
     def __call__(self, batch: dict) -> dict:
         images = [np.array(im) for im in batch["image"]]
         boxes = [_boxes(b) for b in batch["boxes"]]
+        labels = torch.tensor(np.asarray(batch["label"]), dtype=torch.long, device=self.device)
+        if self.part == "ch":
+            return {"index": np.asarray(batch["index"]),
+                    **{f"ch_{k}": self._ch(ck, self.allowed[k][labels], images, boxes)
+                       for k, ck in enumerate(self.models)}}
         out = {"index": np.asarray(batch["index"]), "uri": np.asarray(batch["uri"]),
                "label": np.asarray(batch["label"]), "has_boxes": np.array([b is not None for b in boxes]),
                "clamped": np.array([0 if b is None else clamp_boxes(b, *im.shape[:2])[1]
                                     for b, im in zip(boxes, images)])}
-        crops = torch.stack([preprocess(im, geometry(*im.shape[:2], "center_crop"), self.device) for im in images])
+        crops = self._crops(images)
         for k, ck in enumerate(self.models):
-            allowed = self.allowed[k][torch.tensor(out["label"], dtype=torch.long, device=self.device)]
-            for name, values in self._one(ck, allowed, images, boxes, crops, out["index"], out["uri"]).items():
+            for name, values in self._one(ck, self.allowed[k][labels], images, crops, out["index"], out["uri"]).items():
                 out[f"{name}_{k}"] = values
         return out
 
-    def _one(self, ck: Checkpoint, allowed, images, boxes, crops, index, uris) -> dict[str, np.ndarray]:
+    def _crops(self, images) -> torch.Tensor:
+        return torch.stack([preprocess(im, geometry(*im.shape[:2], "center_crop"), self.device) for im in images])
+
+    def _one(self, ck: Checkpoint, allowed, images, crops, index, uris) -> dict[str, np.ndarray]:
         """The metric columns of one checkpoint; allowed: (B, C) the classes that count per row."""
         cfg, n = self.cfg, len(images)
-        res = {m: np.full(n, np.nan) for m in report.METRICS}
+        res = {m: np.full(n, np.nan) for m in report.METRICS if m != "ch"}
         logits = None
         if "cgc" in cfg.metrics and n == cfg.batch_size:
             res["cgc"][0], logits = self._cgc(ck, crops, uris)
@@ -233,11 +250,6 @@ class BatchMetrics:
         top1, top5, target = (t.cpu().numpy() for t in predictions(logits.detach(), allowed))
         if "top1" in cfg.metrics:
             res["top1"], res["top5"] = top1.astype(float), top5.astype(float)
-        if "ch" in cfg.metrics and (sel := [i for i, b in enumerate(boxes) if b is not None]):
-            ch = content_heatmap(ck.model, [images[i] for i in sel], [boxes[i] for i in sel], target[sel],
-                                 layer=ck.layer, protocol=cfg.ch_protocol, short_side=cfg.short_side,
-                                 batch_size=cfg.batch_size)
-            res["ch"][sel] = ch.ch.numpy()
         limit = cfg.iauc_limit if cfg.iauc_limit is not None else np.inf
         if "iauc" in cfg.metrics and (sel := [i for i in range(n) if index[i] < limit]):
             x = torch.stack([preprocess(images[i], geometry(*images[i].shape[:2], "squash")) for i in sel])
@@ -245,6 +257,20 @@ class BatchMetrics:
                                              step=cfg.iauc_step, batch_size=cfg.batch_size,
                                              bn_train_mode_for_maps=cfg.iauc_bn_train).auc.numpy()
         return res
+
+    def _ch(self, ck: Checkpoint, allowed, images, boxes) -> np.ndarray:
+        """CH of images that all have boxes, for the class Grad-CAM explains:
+        the label's class, or where several count (UnRel) the one the centre
+        crop scores highest, as in the first pass."""
+        if bool((allowed.sum(1) == 1).all()):
+            target = allowed.int().argmax(1)
+        else:
+            with evaluating(ck.model), torch.no_grad():
+                target = predictions(ck.model(self._crops(images)), allowed)[2]
+        cfg = self.cfg
+        return content_heatmap(ck.model, images, boxes, target.cpu().numpy(), layer=ck.layer,
+                               protocol=cfg.ch_protocol, short_side=cfg.short_side,
+                               batch_size=cfg.batch_size).ch.numpy()
 
     def _cgc(self, ck: Checkpoint, query: torch.Tensor, uris) -> tuple[float, torch.Tensor]:
         """L_CGC of the batch (query = the centre crops, positive = T(query),
@@ -265,9 +291,40 @@ class BatchMetrics:
 
 def rows_table(manifest: Manifest, limit: int | None = None) -> pa.Table:
     """The manifest's rows to evaluate (the first `limit`), numbered in manifest order."""
-    t = manifest.table.select(["uri", "label", "boxes"])
+    t = manifest.table.select(["uri", "label", "boxes", "width", "height"])
     t = t.slice(0, limit) if limit is not None else t
     return t.add_column(0, "index", pa.array(np.arange(t.num_rows, dtype=np.int64)))
+
+
+def ch_rows(cfg: EvalConfig, table: pa.Table) -> pa.Table:
+    """The CH pass's rows: those with boxes, ordered by the model input shape
+    under the CH protocol, then by manifest order; images whose size is
+    unknown and unreadable last."""
+    t = table.take([i for i, b in enumerate(table.column("boxes").to_pylist()) if b])
+    if cfg.ch_protocol != "resize" or not t.num_rows:
+        return t  # every input is the 224 centre crop
+    shapes = [(1,) if s is None else (0, *geometry(*s, short_side=cfg.short_side).input_size)
+              for s in image_sizes(cfg, t)]
+    return t.take(sorted(range(t.num_rows), key=shapes.__getitem__))  # stable
+
+
+def image_sizes(cfg: EvalConfig, table: pa.Table) -> list[tuple[int, int] | None]:
+    """(height, width) of each row: the manifest's, else read from the image
+    header by Ray tasks (None: unreadable)."""
+    sizes = [None if h is None or w is None else (h, w)
+             for h, w in zip(table.column("height").to_pylist(), table.column("width").to_pylist())]
+    if missing := [i for i, s in enumerate(sizes) if s is None]:
+        rows = table.take(missing).select(["uri"]).add_column(0, "row", pa.array(missing, pa.int64()))
+        ds = ray.data.from_arrow(rows).map_batches(_header_sizes, batch_size=256, batch_format="numpy",
+                                                   fn_kwargs={"storage": cfg.storage()})
+        for r in ds.iter_rows():
+            sizes[r["row"]] = (int(r["height"]), int(r["width"])) if r["height"] > 0 else None
+    return sizes
+
+
+def _header_sizes(batch: dict, storage: StorageOptions) -> dict:
+    sizes = [s or (0, 0) for s in read_sizes(batch["uri"], DataSettings(storage=storage))]
+    return {"row": batch["row"], "height": np.array([h for h, _ in sizes]), "width": np.array([w for _, w in sizes])}
 
 
 def decode_rows(batch: dict, storage: StorageOptions, ledger: str | None, threads: int = 16):
@@ -289,15 +346,16 @@ def _box_list(value) -> list | None:
     return None if value is None else [[float(v) for v in box] for box in value]
 
 
-def result_batches(cfg: EvalConfig, table: pa.Table, sets: list[list[list[int]]], ledger: str | None = None):
-    """Per-image results (numpy batches, manifest order), streamed from the pipeline."""
+def result_batches(cfg: EvalConfig, table: pa.Table, sets: list[list[list[int]]], ledger: str | None = None,
+                   part: str = "batches"):
+    """Per-image results of one pass (numpy batches, in `table` order), streamed."""
     ds = ray.data.from_arrow([table.slice(s, cfg.decode_batch) for s in range(0, table.num_rows, cfg.decode_batch)])
     ds.context.execution_options.preserve_order = True  # shared by the datasets derived from ds
     ds = (ds.map_batches(decode_rows, batch_size=cfg.decode_batch, batch_format="numpy",
                          fn_kwargs={"storage": cfg.storage(), "ledger": ledger})
           .repartition(target_num_rows_per_block=cfg.batch_size, strict=True)
           .map_batches(BatchMetrics, batch_size=cfg.batch_size, batch_format="numpy",
-                       fn_constructor_kwargs={"cfg": cfg, "sets": sets},
+                       fn_constructor_kwargs={"cfg": cfg, "sets": sets, "part": part},
                        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
                        num_cpus=cfg.cpus_per_actor, num_gpus=1 if cfg.use_gpu else 0))
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -340,6 +398,9 @@ def run(cfg: EvalConfig) -> dict:
     totals = report.Totals(len(metas), cfg.batch_size)
     for batch in result_batches(cfg, table, sets, ledger_name):
         totals.add(batch)
+    if "ch" in cfg.metrics and (rows := ch_rows(cfg, table)).num_rows:
+        for batch in result_batches(cfg, rows, sets, part="ch"):
+            totals.add_columns(batch)
     bad = ray.get(ledger.summary.remote())
     ray.kill(ledger)
 

@@ -29,9 +29,9 @@ class Totals:
     """Sums and counts of the per-image result columns `<metric>_<k>` (NaN: not
     computed), so the driver holds a few numbers whatever the image count.
 
-    Batches must come in order; a CGC loss must sit on the first row of a
-    batch of `batch_size` (rows 0, B, 2B, ... of the stream), else `add` fails:
-    the fixed batches were not formed.
+    The first pass's batches must come in order; a CGC loss must sit on the
+    first row of a batch of `batch_size` (rows 0, B, 2B, ... of the stream),
+    else `add` fails: the fixed batches were not formed.
     """
 
     def __init__(self, models: int, batch_size: int = 32):
@@ -49,8 +49,15 @@ class Totals:
         self.images += len(batch["index"])
         self.with_boxes += int(np.sum(batch["has_boxes"]))
         self.clamped += int(np.sum(batch["clamped"]))
+        self.add_columns(batch)
+
+    def add_columns(self, batch: dict) -> None:
+        """The metric columns of a batch whose images `add` counted already
+        (the CH pass); metrics without a column are left as they are."""
         for k in range(self.models):
             for j, m in enumerate(METRICS):
+                if f"{m}_{k}" not in batch:
+                    continue
                 v = np.asarray(batch[f"{m}_{k}"], dtype=np.float64)
                 ok = ~np.isnan(v)
                 self.sums[k, j] += v[ok].sum()
