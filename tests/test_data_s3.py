@@ -136,12 +136,14 @@ def test_stream_an_epoch_skipping_and_counting_broken_files(ray_cluster, odd_man
     options, manifest, uri, files = odd_manifest
     settings = DataSettings(image_size=48, resize_size=56, storage=options, ledger="ledger-odd", decode_batch=8)
     ledger = open_ledger("ledger-odd")
-    rows = _rows(train_dataset(uri, "official", settings))
+    ds = train_dataset(uri, "official", settings)
     expected = {r["uri"]: r["label"] for r in manifest.table.to_pylist() if "/bad_" not in r["uri"]}
     assert len(expected) == PER_CLASS * len(CLASSES) + 3
-    assert len(rows) == len(expected) and dict(rows) == expected  # every good row once, right label
+    for _ in range(2):  # two epochs: every good row once each, right label
+        rows = _rows(ds)
+        assert len(rows) == len(expected) and dict(rows) == expected
     summary = ray.get(ledger.summary.remote())
-    assert summary["skipped_images"] == 4
+    assert summary["skipped_images"] == 4  # distinct files: met twice, counted once
     assert {u.rsplit("/", 1)[1] for u, _ in summary["examples"]} == {n for n in files if n.startswith("bad_")}
 
 
@@ -174,8 +176,27 @@ def test_too_many_broken_files_fail_clearly(ray_cluster, odd_manifest):
     settings = DataSettings(image_size=48, resize_size=56, storage=options, ledger="ledger-strict",
                             max_bad_images=2, decode_batch=8)
     ledger = open_ledger("ledger-strict")  # noqa: F841 (kept alive: a named actor dies with its last handle)
-    with pytest.raises(Exception, match=r"images could not be read \(limit max_bad_images=2\)"):
+    with pytest.raises(Exception, match=r"[34] images could not be read, more than --max-bad-images 2 allows; "
+                                        r"e.g. s3://\S+/bad_"):
         _rows(train_dataset(uri, "official", settings))
+
+
+def test_data_config_keeps_the_data_context_and_adds_the_cap(ray_cluster):
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    from cgc_ray.data.pipeline import DataSettings, data_config
+
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options
+    try:
+        ctx.execution_options = ray.data.ExecutionOptions(resource_limits=ExecutionResources(cpu=3),
+                                                          exclude_resources=ExecutionResources(gpu=1))
+        options = data_config(DataSettings(object_store_limit=2**30))._user_execution_options
+        assert (options.resource_limits.cpu, options.resource_limits.object_store_memory) == (3, 2**30)
+        assert options.exclude_resources.gpu == 1
+    finally:
+        ctx.execution_options = saved
 
 
 def test_shards_cover_every_image_once_and_epochs_reshuffle(ray_cluster, bucket):
@@ -200,7 +221,7 @@ def test_shards_cover_every_image_once_and_epochs_reshuffle(ray_cluster, bucket)
         assert not set(got[0]) & set(got[1])
         assert set(got[0]) | set(got[1]) == set(manifest.table.column("uri").to_pylist())
         epochs.append(got[0] + got[1])
-    assert epochs[0] != epochs[1]
+    assert epochs[0] != epochs[1]  # weak: the split hands out blocks to whichever shard asks; see below
 
 
 def test_same_seed_same_order(ray_cluster, bucket):
@@ -214,13 +235,15 @@ def test_same_seed_same_order(ray_cluster, bucket):
     ctx.execution_options.preserve_order = True
     try:
         def order(seed):
+            """Two epochs of one dataset, in order: the reshuffle is all that can change it."""
             ds = train_dataset(uri, "baseline", DataSettings(image_size=32, resize_size=36, storage=options, seed=seed))
-            return [u for u, _ in _rows(ds)]
-        first, again, other = order(3), order(3), order(4)
+            return [[u for u, _ in _rows(ds)] for _ in range(2)]
+        (first, second), again, (other, _) = order(3), order(3), order(4)
     finally:
         ctx.execution_options.preserve_order = False
-    assert first == again and first != other and sorted(first) == sorted(other)
+    assert [first, second] == again and first != other and sorted(first) == sorted(other) == sorted(second)
     assert np.mean([a == b for a, b in zip(first, other)]) < 0.2
+    assert np.mean([a == b for a, b in zip(first, second)]) < 0.2  # each epoch its own order
 
 
 def test_validation_views_carry_boxes_mapped_into_the_crop(ray_cluster, bucket):

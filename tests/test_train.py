@@ -24,10 +24,22 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--dataset", "imagenet"], "--data is required for --dataset imagenet"),
     (["--negatives", "block", "--block-size", "5"], "--block-size dividing the per-worker batch 16"),
     (["--precision", "fp16"], "--precision fp16 needs --use-gpu"),
+    (["--sync-bn"], "--sync-bn needs --use-gpu"),
+    (["--arch", "vit_b_16"], "--layer 'layer4' is not a module of vit_b_16"),
+    (["--arch", "vit_b_16", "--layer", "encoder"], "vit_b_16 cannot run on --image-size 96 inputs"),
+    (["--arch", "vit_b_16", "--layer", "encoder", "--image-size", "224", "--resize-size", "256"],
+     r"--layer encoder of vit_b_16 gives \(1, 197, 768\), not a conv feature map"),
+    (["--arch", "squeezenet1_0", "--layer", "features"], "squeezenet1_0 has no Linear classification head"),
 ])
 def test_bad_options_fail_before_any_worker(argv, message):
     with pytest.raises(ConfigError, match=message):
         check(parse(argv))
+
+
+@pytest.mark.parametrize("arch,layer", [("vgg11", "features"), ("efficientnet_b0", "features"),
+                                        ("resnext50_32x4d", "layer4")])
+def test_other_conv_classifiers_pass(arch, layer):
+    check(parse(["--arch", arch, "--layer", layer]))
 
 
 def test_too_few_gpus_is_named():

@@ -3,8 +3,9 @@
 The rows are shuffled each epoch (every execution of the dataset) from a base
 seed; a Ray Train `TorchTrainer` splits the dataset into equal shards per
 worker (`get_dataset_shard`), so DDP ranks always see the same number of
-batches. Unreadable images are skipped, logged and counted in a ledger actor;
-past `max_bad_images` the epoch fails with a message that says so.
+batches. Unreadable images are skipped, logged and counted in a ledger actor
+(each distinct file once, however many epochs meet it); past `max_bad_images`
+the epoch fails with a message that says so.
 
 The object-store footprint is capped by `object_store_limit` (bytes) through
 the execution options that Ray Train applies to the dataset shards
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 import ray
-from ray.data import ExecutionOptions, ExecutionResources, RandomSeedConfig
+from ray.data import RandomSeedConfig
 
 from .device_decode import device_ready, draw_params
 from .storage import StorageOptions, read_bytes, read_head, resolve
@@ -45,24 +46,34 @@ class DataSettings:
     gpu_decode: bool = False         # ship JPEG bytes; the training device decodes (device_decode.py)
 
 
-class TooManyBadImages(RuntimeError):
-    pass
+class TooManyBadImages(ValueError):
+    """More distinct images could not be read than `max_bad_images` allows."""
 
 
 @ray.remote(num_cpus=0)
 class BadImageLedger:
-    """Counts and remembers (the first 1,000) images that could not be read."""
+    """Counts the distinct images that could not be read (a broken file is
+    met again every epoch; it counts once) and remembers the first few."""
 
     def __init__(self):
-        self.count, self.examples = 0, []
+        self.seen, self.examples = set(), []
 
     def record(self, items: list[tuple[str, str]]) -> int:
-        self.count += len(items)
-        self.examples.extend(items[: max(0, 1000 - len(self.examples))])
-        return self.count
+        for uri, reason in items:
+            if uri not in self.seen:
+                self.seen.add(uri)
+                if len(self.examples) < 20:
+                    self.examples.append((uri, reason))
+        return len(self.seen)
 
     def summary(self) -> dict:
-        return {"skipped_images": self.count, "examples": self.examples[:20]}
+        return {"skipped_images": len(self.seen), "examples": list(self.examples)}
+
+
+def too_many_bad_images(summary: dict, limit: int) -> TooManyBadImages:
+    uri, reason = summary["examples"][-1] if summary["examples"] else ("?", "?")
+    return TooManyBadImages(f"{summary['skipped_images']} images could not be read, more than "
+                            f"--max-bad-images {limit} allows; e.g. {uri} ({reason})")
 
 
 def open_ledger(name: str):
@@ -129,9 +140,7 @@ def _report(bad, settings: DataSettings):
         return
     total = ray.get(ray.get_actor(settings.ledger).record.remote(bad))
     if settings.max_bad_images is not None and total > settings.max_bad_images:
-        raise TooManyBadImages(
-            f"{total} images could not be read (limit max_bad_images={settings.max_bad_images}); "
-            f"latest: {bad[-1][0]} ({bad[-1][1]})")
+        raise too_many_bad_images({"skipped_images": total, "examples": bad}, settings.max_bad_images)
 
 
 def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
@@ -238,7 +247,9 @@ def val_dataset(manifest_uri: str, settings: DataSettings) -> ray.data.Dataset:
 def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     """Ray Train's dataset config: split every dataset equally, with the
     object-store cap applied to the shards' execution."""
-    options = ExecutionOptions()
+    from ray.train import DataConfig  # noqa: PLC0415: Ray Train only where a trainer is built
+
+    options = DataConfig.default_ingest_options()  # what the DataContext sets, kept
     if settings.object_store_limit:
-        options.resource_limits = ExecutionResources(object_store_memory=settings.object_store_limit)
-    return ray.train.DataConfig(execution_options=options)
+        options.resource_limits = options.resource_limits.copy(object_store_memory=settings.object_store_limit)
+    return DataConfig(execution_options=options)

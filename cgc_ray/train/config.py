@@ -9,6 +9,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 
+import torch
 import torchvision
 import yaml
 
@@ -136,6 +137,7 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(cfg.val_batch_size >= 2, "--val-batch-size must be >= 2 (the validation CGC loss needs negatives)")
     need(cfg.image_size <= cfg.resize_size, f"--image-size {cfg.image_size} > --resize-size {cfg.resize_size}")
     need(not cfg.sync_bn or cfg.num_workers > 1, "--sync-bn needs more than one worker")
+    need(not cfg.sync_bn or cfg.use_gpu, "--sync-bn needs --use-gpu (torch's SyncBatchNorm runs on GPUs only)")
     need(not (cfg.precision == "fp16" and not cfg.use_gpu), "--precision fp16 needs --use-gpu (use bf16 on the CPU)")
     need(cfg.dataset == "embedded" or cfg.data or (cfg.train_manifest and cfg.val_manifest),
          f"--data is required for --dataset {cfg.dataset}")
@@ -143,11 +145,35 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(cfg.head_lr is None or cfg.head_lr > 0, f"--head-lr must be > 0, got {cfg.head_lr}")
     need(0 <= cfg.warmup_epochs < cfg.epochs, f"--warmup-epochs must be in [0, --epochs), got {cfg.warmup_epochs}")
     _check_milestones(cfg.lr_milestones, need)
+    _check_model(cfg, need)
     if cfg.use_gpu and cluster_gpus is not None and not cfg.autoscaling:
         gpus = cfg.num_workers * cfg.gpus_per_worker
         need(cluster_gpus >= gpus,
              f"--use-gpu with --num-workers {cfg.num_workers} needs {gpus:g} GPUs; the cluster has {cluster_gpus:g} "
              "(on a cluster that adds GPU nodes on demand, pass --autoscaling)")
+
+
+def _check_model(cfg: TrainConfig, need) -> None:
+    """--arch and --layer fit CGC: a Linear head to replace, and a layer whose
+    output is a (N, C, H, W) feature map to explain. Checked on the meta
+    device: shapes only, no memory, no weights."""
+    with torch.device("meta"):
+        model = torchvision.models.get_model(cfg.arch, weights=None).eval()
+    need(any(isinstance(m, torch.nn.Linear) for m in model.modules()),
+         f"--arch {cfg.arch} has no Linear classification head to replace")
+    layer = dict(model.named_modules()).get(cfg.layer)
+    need(layer is not None, f"--layer {cfg.layer!r} is not a module of {cfg.arch} "
+         f"(its top-level modules: {', '.join(n for n, _ in model.named_children())})")
+    shapes = []
+    hook = layer.register_forward_hook(lambda module, args, out: shapes.append(tuple(getattr(out, "shape", ()))))
+    try:
+        model(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))
+    except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
+        need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
+    finally:
+        hook.remove()
+    need(len(shapes[0]) == 4, f"--layer {cfg.layer} of {cfg.arch} gives {shapes[0]}, not a conv feature map "
+         "(N, C, H, W) that Grad-CAM can explain")
 
 
 def _check_milestones(text: str | None, need) -> None:

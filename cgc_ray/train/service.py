@@ -23,7 +23,7 @@ from ..data.embedded import ensure_embedded
 from ..data.indexers import load_or_build
 from ..data.manifest import Manifest
 from ..data.manifest import read as read_manifest
-from ..data.pipeline import DataSettings, data_config, open_ledger, train_dataset, val_dataset
+from ..data.pipeline import DataSettings, data_config, open_ledger, too_many_bad_images, train_dataset, val_dataset
 from ..data.storage import StorageOptions, exists, resolve, split_uri, write_bytes
 from .config import ConfigError, TrainConfig, check
 from .loop import train_loop
@@ -75,7 +75,13 @@ def run(cfg: TrainConfig) -> dict:
           f"{len(train_m)} {cfg.dataset} images, {cfg.num_workers} workers, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps; storage {_run_uri(cfg)}", flush=True)
     started = time.time()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception:
+        bad = ray.get(ledger.summary.remote())
+        if cfg.max_bad_images is not None and bad["skipped_images"] > cfg.max_bad_images:
+            raise too_many_bad_images(bad, cfg.max_bad_images) from None  # one clear line, not the workers' trace
+        raise
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
     summary.update(train_manifest=train_uri, val_manifest=val_uri)
