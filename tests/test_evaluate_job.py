@@ -23,6 +23,7 @@ from PIL import Image
 from cgc_ray.data.embedded import CLASSES, ensure_embedded
 from cgc_ray.data.indexers import load_or_build
 from cgc_ray.data.manifest import build
+from cgc_ray.data.manifest import write as write_manifest
 from cgc_ray.data.pipeline import open_ledger
 from cgc_ray.evaluation import content_heatmap_single, insertion_auc_single, unrel
 from cgc_ray.evaluation import job
@@ -313,3 +314,55 @@ def test_unrel_accuracy_and_ch_with_s3_checkpoint_and_output(ray_cluster, s3_ser
     assert result["top1"] == pytest.approx(100 * np.mean(hits))
     assert result["ch"] == pytest.approx(100 * np.mean(chs), abs=1e-4)
 
+
+
+# ---------------------------------------------------------------- (d) bad input: named, or skipped on request
+
+@pytest.fixture(scope="module")
+def unboxed(tmp_path_factory, embedded_val):
+    """A manifest of 6 embedded images, rows 1 and 4 without boxes (their class absent from the annotation)."""
+    rows = embedded_val.table.slice(0, 6).to_pylist()
+    for i in (1, 4):
+        rows[i]["boxes"] = None
+    path = str(tmp_path_factory.mktemp("unboxed") / "val.parquet")
+    write_manifest(build(rows, WNIDS, "embedded", "val", embedded_val.root), path)
+    return path, [rows[i]["uri"] for i in (1, 4)]
+
+
+@pytest.fixture(scope="module")
+def misfits(tmp_path_factory, ckpts):
+    """A checkpoint whose state.pt is for 5 classes while meta.json lists 10,
+    and one whose classes lack the data set's."""
+    root = tmp_path_factory.mktemp("misfits")
+    wrong_size = save_checkpoint(root / "size", 3, WNIDS[:5])
+    meta = json.loads((root / "size" / "meta.json").read_text())
+    (root / "size" / "meta.json").write_text(json.dumps({**meta, "classes": WNIDS}))
+    return wrong_size, save_checkpoint(root / "other", 4, [f"other{i}" for i in range(10)])
+
+
+def test_bad_checkpoints_and_unboxed_images_are_named(ckpts, misfits, unboxed, tmp_path):
+    manifest, missing = unboxed
+    base = dict(manifest=manifest, figures=0, metrics=("top1",), out=str(tmp_path))
+    with pytest.raises(job.EvalError, match=rf"--checkpoint {misfits[0]}: state.pt does not fit its meta.json "
+                                            r"\(Error\(s\) in loading state_dict"):
+        job.run(job.EvalConfig(checkpoints=(ckpts["cgc"], misfits[0]), **base))
+    with pytest.raises(job.EvalError, match=rf"--checkpoint {misfits[1]}: the checkpoint's classes lack 6 of"):
+        job.run(job.EvalConfig(checkpoints=(misfits[1],), **base))
+    with pytest.raises(job.EvalError, match=rf"Content Heatmap needs boxes: 2 of 6 images have none "
+                                            rf"for their class, e.g. {missing[0]}, {missing[1]}; pass --skip-bad"):
+        job.run(job.EvalConfig(checkpoints=(ckpts["cgc"],), **{**base, "metrics": ("top1", "ch")}))
+
+
+def test_skip_bad_evaluates_the_rest(ray_cluster, ckpts, misfits, unboxed, tmp_path):
+    manifest, missing = unboxed
+    summary = job.run(job.parse(["--checkpoint", misfits[0], "--checkpoint", ckpts["cgc"], "--checkpoint", misfits[1],
+                                 "--label", "bad", "--label", "good", "--label", "other", "--manifest", manifest,
+                                 "--metrics", "top1,ch", "--figures", "0", "--skip-bad", "--short-side", "160",
+                                 "--out", str(tmp_path), "--threads", "2"]))
+    assert [r["method"] for r in summary["results"]] == ["good"]
+    assert [s["checkpoint"] for s in summary["data"]["skipped_checkpoints"]] == [misfits[0], misfits[1]]
+    assert summary["data"]["ch_images_without_boxes"] == 2 and summary["data"]["ch_without_boxes_examples"] == missing
+    counts = summary["results"][0]["counts"]
+    assert (counts["top1"], counts["ch"]) == (6, 4)
+    with open(tmp_path / "results.csv", newline="") as f:
+        assert [r["Method"] for r in csv.DictReader(f)] == ["good"]

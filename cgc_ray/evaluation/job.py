@@ -32,6 +32,7 @@ metric math is the Ray-free core's (`content_heatmap`, `insertion_auc`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -92,6 +93,7 @@ class EvalConfig:
     use_gpu: bool = False
     cpus_per_actor: float = 1.0
     threads: int | None = None           # torch threads per actor (default: its CPUs)
+    skip_bad: bool = False               # skip unusable checkpoints and (for CH) images without boxes
     s3_endpoint: str | None = None
     s3_region: str | None = None
 
@@ -125,20 +127,58 @@ class Checkpoint:
         return self.meta.get("layer", "layer4")
 
 
-def read_meta(uri: str, storage: StorageOptions = StorageOptions()) -> dict:
-    try:
-        return json.loads(read_bytes(child(uri, "meta.json"), storage))
-    except OSError as e:
-        raise EvalError(f"--checkpoint {uri}: cannot read meta.json ({e})") from e
-
-
 def load_checkpoint(uri: str, storage: StorageOptions = StorageOptions(), device="cpu") -> Checkpoint:
     """A training checkpoint (state.pt + meta.json, local or s3://) as an eval-mode model."""
     try:
         model, meta = load_model(uri, storage)
     except OSError as e:
         raise EvalError(f"--checkpoint {uri}: cannot read the checkpoint ({e})") from e
+    except (KeyError, ValueError, RuntimeError) as e:  # meta.json and state.pt disagree, or are not ours
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalError(f"--checkpoint {uri}: state.pt does not fit its meta.json ({first})") from e
     return Checkpoint(uri, meta, model.to(device).eval())
+
+
+def usable_checkpoints(cfg: EvalConfig, manifest: Manifest, present: set[int]):
+    """The checkpoints that can be evaluated on these images: (cfg narrowed to
+    them, their metas, their class sets, the skipped ones with the reason).
+    A bad checkpoint is an error, or with --skip-bad a warning."""
+    kept, metas, sets, skipped = [], [], [], []
+    for k, uri in enumerate(cfg.checkpoints):
+        try:
+            meta = load_checkpoint(uri, cfg.storage()).meta
+            try:
+                sets.append(class_sets(cfg.dataset, manifest.classes, meta["classes"], present))
+            except EvalError as e:
+                raise EvalError(f"--checkpoint {uri}: {e}") from e
+        except EvalError as e:
+            if not cfg.skip_bad:
+                raise
+            log.warning("skipping %s", e)
+            print(f"skipped: {e}", flush=True)
+            skipped.append({"checkpoint": uri, "reason": str(e)})
+            continue
+        kept.append(k)
+        metas.append(meta)
+    if not kept:
+        raise EvalError("no --checkpoint can be evaluated: " + "; ".join(s["reason"] for s in skipped))
+    narrowed = dataclasses.replace(cfg, checkpoints=tuple(cfg.checkpoints[k] for k in kept),
+                                   labels=tuple(cfg.labels[k] for k in kept) if cfg.labels else ())
+    return narrowed, metas, sets, skipped
+
+
+def rows_without_boxes(cfg: EvalConfig, table: pa.Table) -> dict:
+    """Images CH cannot score (no box of their class in the annotation): an
+    error naming them, or with --skip-bad their count and first few URIs."""
+    boxes = table.column("boxes").to_pylist()
+    missing = [u for u, b in zip(table.column("uri").to_pylist(), boxes) if not b]
+    if "ch" in cfg.metrics and missing and not cfg.skip_bad:
+        raise EvalError(f"Content Heatmap needs boxes: {len(missing)} of {len(boxes)} images have none for their "
+                        f"class, e.g. {', '.join(missing[:3])}; pass --skip-bad to score CH on the others, or "
+                        "drop ch from --metrics")
+    if "ch" in cfg.metrics and missing:
+        print(f"skipped for CH: {len(missing)} images without boxes, e.g. {missing[0]}", flush=True)
+    return {"count": len(missing), "examples": missing[:20]}
 
 
 def class_sets(dataset: str, data_classes: list[str], model_classes: list[str], labels=None) -> list[list[int]]:
@@ -377,13 +417,12 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate; write results.md/.csv/.json (and figures.png) under cfg.out; return the summary."""
     check(cfg)
     storage = cfg.storage()
-    metas = [read_meta(uri, storage) for uri in cfg.checkpoints]
     manifest = load_manifest(cfg)
     table = rows_table(manifest, cfg.limit)
     if not table.num_rows:
         raise EvalError(f"no images to evaluate (--limit {cfg.limit})")
-    present = set(table.column("label").to_pylist())
-    sets = [class_sets(cfg.dataset, manifest.classes, m["classes"], present) for m in metas]
+    no_boxes = rows_without_boxes(cfg, table)
+    cfg, metas, sets, skipped = usable_checkpoints(cfg, manifest, set(table.column("label").to_pylist()))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -406,6 +445,8 @@ def run(cfg: EvalConfig) -> dict:
 
     names = write_figures(cfg, manifest, table, sets, labels) if cfg.figures or cfg.images else []
     summary = report.summarize(cfg, manifest, table.num_rows, metas, labels, totals, bad, names)
+    summary["data"].update(skipped_checkpoints=skipped, ch_images_without_boxes=no_boxes["count"],
+                           ch_without_boxes_examples=no_boxes["examples"])
     files = report.write(cfg.out, summary, storage)
     for row in summary["results"]:
         print(f"{row['method']}: " + ", ".join(f"{m} {row[m]:.4f}" for m in report.METRICS if row[m] is not None))
@@ -497,6 +538,8 @@ def parse(argv=None) -> EvalConfig:
     p.add_argument("--use-gpu", action="store_true", help="one GPU per metric actor")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per actor")
+    p.add_argument("--skip-bad", action="store_true", help="skip checkpoints that cannot be evaluated and, for "
+                   "CH, images without boxes (named in the log and results.json) instead of failing")
     p.add_argument("--s3-endpoint", default=None)
     p.add_argument("--s3-region", default=None)
     a = vars(p.parse_args(argv))
