@@ -1,7 +1,8 @@
 """ImageNet ILSVRC-2012 as downloaded.
 
-- Classes: the sorted wnids of train/<wnid>/ (the standard order), names from
-  LOC_synset_mapping.txt where present.
+- Classes: the sorted wnids of train/<wnid>/ (the standard order), or where
+  the root has no train/ (a validation-only copy, for evaluation) the sorted
+  wnids of LOC_synset_mapping.txt; names from that file where present.
 - train: train/<wnid>/*.JPEG.
 - val: either val/<wnid>/*.JPEG (after the usual valprep), or flat
   val/*.JPEG labelled by the per-image VOC XML files (ILSVRC2012_bbox_val_v3,
@@ -29,7 +30,7 @@ XML_DIRS = ("val_xml", "bbox/val", "Annotations/CLS-LOC/val", "val")
 
 @register("imagenet")
 def index_imagenet(root: str, split: str, options: StorageOptions = StorageOptions()) -> Manifest:
-    wnids = _class_folders(child(root, "train"), options)
+    wnids = _classes(root, split, options)
     if split == "train":
         rows = _folder_rows(child(root, "train"), wnids, options)
     elif split == "val":
@@ -46,6 +47,14 @@ def class_names(root: str, options: StorageOptions) -> dict[str, str]:
         return {}
     lines = read_bytes(uri, options).decode().splitlines()
     return dict(line.split(" ", 1) for line in lines if line.strip())
+
+
+def _classes(root: str, split: str, options: StorageOptions) -> list[str]:
+    if split == "train" or exists(child(root, "train"), options):
+        return _class_folders(child(root, "train"), options)
+    if names := class_names(root, options):
+        return sorted(names)
+    raise FileNotFoundError(f"no class list: {root} has neither train/<wnid>/ folders nor LOC_synset_mapping.txt")
 
 
 def _class_folders(uri: str, options: StorageOptions) -> list[str]:

@@ -1,0 +1,80 @@
+"""The ImageNet indexer's other layouts (LOC_val_solution.csv, a validation-only
+copy, valprep class folders) and the plain folder indexer with a boxes file, on
+tiny hand-written trees; expected rows written out by hand."""
+
+import pytest
+from PIL import Image
+
+from cgc_ray.data.indexers import load_or_build
+
+
+def jpeg(path, size=(12, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 200, 30)).save(path, "JPEG")
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def rows(manifest):
+    t = manifest.table.to_pydict()
+    return [(u.rsplit("/", 1)[1], lab, b, w, h)
+            for u, lab, b, w, h in zip(t["uri"], t["label"], t["boxes"], t["width"], t["height"])]
+
+
+def test_val_only_copy_labelled_by_loc_val_solution(tmp_path):
+    """No train/: the classes are LOC_synset_mapping.txt's wnids, sorted; labels
+    and boxes from the CSV (1-based inclusive, as the XML); only the boxes of
+    the image's own class; the CSV has no image sizes."""
+    for n in (1, 2, 3):
+        jpeg(tmp_path / "val" / f"ILSVRC2012_val_0000000{n}.JPEG")
+    write(tmp_path / "LOC_synset_mapping.txt", "n03 three\nn01 one, uno\nn02 two\n")
+    write(tmp_path / "LOC_val_solution.csv", "ImageId,PredictionString\n"
+          "ILSVRC2012_val_00000001,n02 1 2 10 8 \n"
+          "ILSVRC2012_val_00000002,n03 5 5 6 6 n01 1 1 3 3 n03 2 3 4 5\n"
+          "ILSVRC2012_val_00000003,n01 3 1 12 8\n")
+    manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
+    assert manifest.classes == ["n01", "n02", "n03"]
+    assert rows(manifest) == [
+        ("ILSVRC2012_val_00000001.JPEG", 1, [[0, 1, 10, 8]], None, None),
+        ("ILSVRC2012_val_00000002.JPEG", 2, [[4, 4, 6, 6], [1, 2, 4, 5]], None, None),
+        ("ILSVRC2012_val_00000003.JPEG", 0, [[2, 0, 12, 8]], None, None)]
+    assert manifest.table.column("class_name").to_pylist() == ["n02", "n03", "n01"]
+
+
+def test_val_without_train_or_class_list_is_named(tmp_path):
+    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(FileNotFoundError, match="neither train/<wnid>/ folders nor LOC_synset_mapping.txt"):
+        load_or_build("imagenet", str(tmp_path), "val")
+
+
+def test_valprep_class_folders_with_xml_boxes(tmp_path):
+    """val/<wnid>/ labels the images; the XML adds boxes of that class (none
+    when the XML only has another class) and the image size."""
+    for w in ("n01", "n02"):
+        (tmp_path / "train" / w).mkdir(parents=True)
+    jpeg(tmp_path / "val" / "n01" / "ILSVRC2012_val_00000001.JPEG")
+    jpeg(tmp_path / "val" / "n02" / "ILSVRC2012_val_00000002.JPEG")
+    xml = ("<annotation><size><width>{w}</width><height>{h}</height></size><object><name>{n}</name><bndbox>"
+           "<xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object></annotation>")
+    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml", xml.format(w=12, h=8, n="n01", b=(2, 3, 7, 8)))
+    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000002.xml", xml.format(w=12, h=8, n="n01", b=(1, 1, 2, 2)))
+    manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
+    assert rows(manifest) == [("ILSVRC2012_val_00000001.JPEG", 0, [[1, 2, 7, 8]], 12, 8),
+                              ("ILSVRC2012_val_00000002.JPEG", 1, None, 12, 8)]
+
+
+def test_folder_tree_with_boxes_file(tmp_path):
+    for rel in ("cat/a.jpg", "cat/b.png", "dog/c.jpeg"):
+        jpeg(tmp_path / "train" / rel)
+    write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax,ymax\ncat/a.jpg,1,1,4,4\ncat/a.jpg,2,3,12,8\n"
+                                        "dog/c.jpeg,5,2,6,7\n")
+    manifest, _ = load_or_build("folder", str(tmp_path), "train")
+    assert manifest.classes == ["cat", "dog"]
+    assert [r[:3] for r in rows(manifest)] == [("a.jpg", 0, [[0, 0, 4, 4], [1, 2, 12, 8]]), ("b.png", 0, None),
+                                               ("c.jpeg", 1, [[4, 1, 6, 7]])]
+    write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax,ymax\ncat/zzz.jpg,1,1,4,4\n")
+    with pytest.raises(ValueError, match=r"train_boxes.csv names images that are not in .*\['.*cat/zzz.jpg'\]"):
+        load_or_build("folder", str(tmp_path), "train", rebuild=True)
