@@ -8,7 +8,7 @@ import pytest
 import torchvision.transforms.functional as F
 from PIL import Image
 
-from cgc_ray.data.device_decode import decode_views, device_ready
+from cgc_ray.data.device_decode import BadBatch, decode_views, device_ready
 from cgc_ray.data.views import BadImage, center_view
 
 
@@ -58,9 +58,15 @@ def test_cmyk_png_and_grey_become_device_decodable():
 def test_a_file_that_fails_on_the_device_is_dropped(picture):
     good = _jpeg(picture)
     raw = {"jpeg": [good, good[: len(good) // 3], good], "xe_box": np.array([[0, 0, 300, 400]] * 3),
-           "xe_flip": np.zeros(3, bool), "label": np.array([0, 1, 2])}
-    out = decode_views(raw, "baseline", 32, 36, "cpu")
+           "xe_flip": np.zeros(3, bool), "label": np.array([0, 1, 2]), "uri": np.array(["a", "b", "c"], object)}
+    failed = []
+    out = decode_views(raw, "baseline", 32, 36, "cpu", on_failure=failed.extend)
     assert out["label"].tolist() == [0, 2] and out["xe"].shape == (2, 32, 32, 3)
+    assert [u for u, _ in failed] == ["b"] and failed[0][1].startswith("device decode: ")
+    only_bad = {**raw, "jpeg": [good[:100], b"\xff\xd8 nope"], "label": np.array([0, 1]), "uri": raw["uri"][:2]}
+    with pytest.raises(BadBatch, match="no image of a batch of 2 could be decoded on the device, e.g. a"):
+        decode_views(only_bad, "baseline", 32, 36, "cpu", on_failure=failed.extend)
+    assert [u for u, _ in failed] == ["b", "a", "b"]
 
 
 def test_pipeline_ships_bytes_and_a_training_step_runs(ray_cluster, tmp_path):

@@ -7,7 +7,8 @@ Files nvJPEG cannot take (CMYK JPEGs, PNGs named .JPEG, other formats) are
 decoded on the CPU and re-encoded as RGB JPEG (quality 95) — ImageNet has a
 few dozen such files. Files with a bad header are skipped and counted on the CPU
 like on the CPU path; one that only fails on the device (e.g. truncated) is
-dropped from its batch and logged.
+dropped from its batch, logged and handed to `on_failure` (the training loop
+counts it in the run's ledger of unreadable images).
 """
 
 from __future__ import annotations
@@ -47,10 +48,18 @@ def draw_params(h: int, w: int, recipe: str, size: int, rng: np.random.Generator
     return out
 
 
-def decode_views(raw: dict, recipe: str, size: int, resize: int, device) -> dict:
+def decode_views(raw: dict, recipe: str, size: int, resize: int, device, on_failure=None) -> dict:
     """Decode raw["jpeg"] on `device` and make the views as (B, H, W, 3) uint8
-    tensors there, ready for `batches.to_device`; rows that fail are dropped."""
-    images, keep = _decode(raw["jpeg"], device)
+    tensors there, ready for `batches.to_device`; rows that fail are dropped
+    and passed to on_failure([(uri, reason), ...])."""
+    images, keep, failed = _decode(raw["jpeg"], device)
+    uris = raw.get("uri", [f"<row {i}>" for i in range(len(raw["jpeg"]))])
+    bad = [(str(uris[i]), f"device decode: {reason}") for i, reason in failed]
+    if bad:
+        (on_failure or _log)(bad)
+    if not keep:
+        raise BadBatch(f"no image of a batch of {len(uris)} could be decoded on the device, e.g. {bad[0][0]} "
+                       f"({bad[0][1]})")
     out = {"xe": torch.stack([_xe(images[i], raw["xe_box"][i], raw["xe_flip"][i], size) for i in keep])}
     if recipe == "official":
         out["image"] = torch.stack([TF.center_crop(TF.resize(images[i], [resize], antialias=True), [size, size])
@@ -68,16 +77,26 @@ def _xe(img: torch.Tensor, box, flip, size: int) -> torch.Tensor:
     return TF.horizontal_flip(view) if flip else view
 
 
-def _decode(blobs, device) -> tuple[list, list[int]]:
+def _log(bad):
+    for uri, reason in bad:
+        log.warning("skipping unreadable image %s (%s)", uri, reason)
+
+
+class BadBatch(RuntimeError):
+    """Not one image of a batch could be decoded."""
+
+
+def _decode(blobs, device) -> tuple[list, list[int], list[tuple[int, str]]]:
+    """Decoded images, the positions that worked, and (position, reason) of the others."""
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
-        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device), list(range(len(tensors)))
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device), list(range(len(tensors))), []
     except RuntimeError:  # one bad file fails the batched call: retry one by one
-        images, keep = [None] * len(tensors), []
+        images, keep, failed = [None] * len(tensors), [], []
         for i, t in enumerate(tensors):
             try:
                 images[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device)
                 keep.append(i)
             except RuntimeError as e:
-                log.warning("skipping an image the device could not decode (%s)", e)
-        return images, keep
+                failed.append((i, str(e).strip().splitlines()[0] if str(e).strip() else "RuntimeError"))
+        return images, keep, failed

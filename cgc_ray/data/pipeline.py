@@ -82,7 +82,7 @@ def open_ledger(name: str):
 
 def fetch_decode(uris, settings: DataSettings, decode=decode_rgb) -> tuple[list[int], list]:
     """The positions of the readable uris and decode(bytes) of each; the
-    others are logged and counted (`_report`)."""
+    others are logged and counted (`record_bad_images`)."""
     def fetch(uri):
         try:
             return read_bytes(uri, settings.storage), None
@@ -104,7 +104,7 @@ def fetch_decode(uris, settings: DataSettings, decode=decode_rgb) -> tuple[list[
     results = [convert(u, f) for u, f in zip(uris, fetched)]
     bad = [r[1] for r in results if r[1] is not None]
     if bad:
-        _report(bad, settings)
+        record_bad_images(bad, settings)
     keep = [i for i, r in enumerate(results) if r[1] is None]
     return keep, [results[i][0] for i in keep]
 
@@ -133,7 +133,8 @@ def read_sizes(uris, settings: DataSettings) -> list[tuple[int, int] | None]:
         return list(pool.map(size, uris))
 
 
-def _report(bad, settings: DataSettings):
+def record_bad_images(bad, settings: DataSettings):
+    """Log unreadable images, count them in the ledger, fail past the limit."""
     for uri, reason in bad:
         log.warning("skipping unreadable image %s (%s)", uri, reason)
     if settings.ledger is None:

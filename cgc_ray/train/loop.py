@@ -11,6 +11,7 @@ progress only runs its remaining steps, so no epoch is lost or counted twice.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import tempfile
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..data.batches import to_device
 from ..data.device_decode import decode_views
+from ..data.pipeline import DataSettings, record_bad_images
 from ..gradcam import CamNet
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
@@ -73,6 +75,9 @@ def train_loop(loop_config: dict) -> None:
     meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
             "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
 
+    ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=cfg.max_bad_images)
+    on_bad = functools.partial(record_bad_images, settings=ledger)  # images only the device fails on
+
     for epoch in range(position["epoch"], cfg.epochs):
         torch.manual_seed(cfg.seed + 1000 * epoch + rank)
         step, global_step = position["step_in_epoch"], position["global_step"]
@@ -85,7 +90,7 @@ def train_loop(loop_config: dict) -> None:
                 break
             wait = clock.lap()
             if cfg.gpu_decode:
-                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device)
+                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device, on_failure=on_bad)
             batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
             out = cgc_objective(net, batch, **vars(objective))
             opt.zero_grad(set_to_none=True)

@@ -59,7 +59,7 @@ def run(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
-                           "steps_per_epoch": steps_per_epoch, "storage": storage,
+                           "steps_per_epoch": steps_per_epoch, "storage": storage, "ledger": settings.ledger,
                            "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
