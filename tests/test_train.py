@@ -80,7 +80,7 @@ def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkey
     assert Path(summary["checkpoint"], "meta.json").exists()
     assert 0 <= summary["val_top1"] <= 100 and summary["val_cgc_loss"] > 0
     out = capsys.readouterr().out
-    assert "summary: " in out and "checkpoints: " in out
+    assert "summary: " in out and "checkpoints: " in out and "metrics: per epoch in " in out
 
 
 def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3_server, tmp_path, monkeypatch):
@@ -92,7 +92,8 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
     options, client = s3_server
     client.create_bucket(Bucket="runs")
     argv = [*SMALL, "--epochs", "2", "--storage-path", "s3://runs/cgc", "--s3-endpoint", options.endpoint_url,
-            "--name", "resume", "--checkpoint-every-steps", "7", "--max-failures", "0", "--cam", "autograd"]
+            "--name", "resume", "--checkpoint-every-steps", "7", "--max-failures", "0", "--cam", "autograd",
+            "--keep-checkpoints", "2"]
     marker = tmp_path / "killed"
     monkeypatch.setenv("CGC_RAY_TEST_KILL", f"1:30:{marker}")  # rank 1 dies at global step 30 (epoch 1)
     with pytest.raises(TrainingFailedError):
@@ -108,6 +109,11 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
     # a finished run asked for one more epoch goes on from its last checkpoint
     summary = run(parse([*argv, "--epochs", "3"]))
     assert (summary["epochs_done"], summary["global_step"]) == (3, 3 * spe)
+    # submitted again unchanged: nothing left to train, the same final checkpoint
+    again = run(parse([*argv, "--epochs", "3"]))
+    assert (again["epochs_done"], again["global_step"], again["checkpoint"]) == (3, 3 * spe, summary["checkpoint"])
+    listed = client.list_objects_v2(Bucket="runs", Prefix="cgc/resume/", Delimiter="/")["CommonPrefixes"]
+    assert len([p for p in listed if p["Prefix"].startswith("cgc/resume/checkpoint_")]) == 2  # --keep-checkpoints 2
 
 
 def test_worker_killed_mid_epoch_on_a_multinode_cluster(tmp_path):

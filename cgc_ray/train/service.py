@@ -87,6 +87,8 @@ def run(cfg: TrainConfig) -> dict:
     summary.update(train_manifest=train_uri, val_manifest=val_uri)
     write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
     print(f"checkpoints: {summary['checkpoint']}\nsummary: {_run_uri(cfg)}/summary.json\n"
+          f"metrics: per epoch in {_run_uri(cfg)} (each checkpoint's report); live as Prometheus cgc_* "
+          "series on every node's Ray metrics port\n"
           f"final: val top-1 {summary['val_top1']:.2f}%, val CGC loss {summary['val_cgc_loss']:.4f}", flush=True)
     return summary
 
