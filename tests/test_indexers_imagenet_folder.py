@@ -78,3 +78,23 @@ def test_folder_tree_with_boxes_file(tmp_path):
     write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax,ymax\ncat/zzz.jpg,1,1,4,4\n")
     with pytest.raises(ValueError, match=r"train_boxes.csv names images that are not in .*\['.*cat/zzz.jpg'\]"):
         load_or_build("folder", str(tmp_path), "train", rebuild=True)
+
+
+def test_any_fsspec_url_through_the_same_storage_code(tmp_path):
+    """A memory:// tree (fsspec's in-process filesystem): indexed and read like s3:// or a local path."""
+    import fsspec
+
+    from cgc_ray.data.storage import read_bytes
+
+    for rel in ("cat/a.jpg", "dog/c.jpeg"):
+        jpeg(tmp_path / "train" / rel)
+    write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax,ymax\ndog/c.jpeg,5,2,6,7\n")
+    mem = fsspec.filesystem("memory")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            mem.pipe(f"/tree/{path.relative_to(tmp_path).as_posix()}", path.read_bytes())
+    manifest, uri = load_or_build("folder", "memory://tree", "train")
+    assert uri.startswith("memory://tree/_cgc_manifests/")
+    assert [r[:3] for r in rows(manifest)] == [("a.jpg", 0, None), ("c.jpeg", 1, [[4, 1, 6, 7]])]
+    first = manifest.table.column("uri")[0].as_py()
+    assert first.startswith("memory://") and read_bytes(first) == (tmp_path / "train" / "cat" / "a.jpg").read_bytes()

@@ -36,7 +36,9 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 def join_uri(scheme: str, path: str) -> str:
-    return f"{scheme}://{path}" if scheme else path
+    """The URI of a filesystem path; some fsspec filesystems (memory://) list
+    paths with a leading "/" that `split_uri` does not give them."""
+    return f"{scheme}://{path.lstrip('/')}" if scheme else path
 
 
 def s3_settings(options: StorageOptions) -> dict:

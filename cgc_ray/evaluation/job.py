@@ -83,6 +83,7 @@ class EvalConfig:
     iauc_limit: int | None = None        # IAUC on the first N manifest rows only (it costs 29 forwards)
     iauc_bn_train: bool = False          # the authors' maps: BatchNorm in train mode, per batch
     iauc_step: int = STEP                # pixels inserted per step (RISE: 224 * 8, 29 canvases)
+    iauc_max_batch: int = 1024           # canvases per forward (a batch of 32 images makes 928)
     limit: int | None = None             # the first N manifest rows
     figures: int = 4                     # images in the figure (0: none)
     images: tuple[str, ...] = ()         # figure images (URIs, or names they end with); else random
@@ -110,6 +111,8 @@ def check(cfg: EvalConfig) -> None:
         raise EvalError(f"unknown metrics {sorted(unknown)}; known: {','.join(METRICS)}")
     if cfg.ch_protocol not in CH_PROTOCOLS:
         raise EvalError(f"--ch-protocol must be one of {CH_PROTOCOLS}, got {cfg.ch_protocol!r}")
+    if cfg.iauc_max_batch < 1:
+        raise EvalError(f"--iauc-max-batch must be >= 1, got {cfg.iauc_max_batch}")
     if "cgc" in cfg.metrics and cfg.batch_size < 2:
         raise EvalError("the CGC loss needs --batch-size >= 2 (the other images are the negatives)")
 
@@ -295,6 +298,7 @@ class BatchMetrics:
             x = torch.stack([preprocess(images[i], geometry(*images[i].shape[:2], "squash")) for i in sel])
             res["iauc"][sel] = insertion_auc(ck.model, x, torch.as_tensor(target[sel]), layer=ck.layer,
                                              step=cfg.iauc_step, batch_size=cfg.batch_size,
+                                             max_batch=cfg.iauc_max_batch,
                                              bn_train_mode_for_maps=cfg.iauc_bn_train).auc.numpy()
         return res
 
@@ -527,6 +531,8 @@ def parse(argv=None) -> EvalConfig:
     p.add_argument("--short-side", type=int, default=448, help="CH input short side (resize protocol)")
     p.add_argument("--iauc-limit", type=int, default=None, help="IAUC on the first N rows only")
     p.add_argument("--iauc-step", type=int, default=STEP, help="pixels per insertion step (RISE: 224*8)")
+    p.add_argument("--iauc-max-batch", type=int, default=1024,
+                   help="insertion canvases per forward (default: all 29 x 32 of a batch at once)")
     p.add_argument("--iauc-bn-train", action="store_true", help="the authors' IAUC maps: BatchNorm in train mode")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N manifest rows")
     p.add_argument("--figures", type=int, default=4, help="random figure images (seeded); 0: no figure")
