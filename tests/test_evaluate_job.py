@@ -171,7 +171,8 @@ def test_ch_rows_are_grouped_by_input_shape_with_sizes_read_where_unknown(ray_cl
     readable = [i for i in range(table.num_rows) if i != 2]
     for short_side in (224, 100):
         cfg = job.EvalConfig(checkpoints=(ckpts["cgc"],), short_side=short_side)
-        shape = {i: TF.resize(torch.zeros(1, *read_image(rows[i]["uri"]).shape[:2]), short_side).shape[1:] for i in readable}
+        shape = {i: TF.resize(torch.zeros(1, *read_image(rows[i]["uri"]).shape[:2]), short_side).shape[1:]
+                 for i in readable}  # torchvision's Resize(short_side) output size
         expected = sorted(readable, key=lambda i: (tuple(shape[i]), i)) + [2]
         assert job.ch_rows(cfg, table).column("index").to_pylist() == expected
     crop = job.EvalConfig(checkpoints=(ckpts["cgc"],), ch_protocol="center_crop")

@@ -1,7 +1,9 @@
 """The submission path for real: `ray start --head`, `ray job submit -- python
 jobs/imagenet.py ...`, progress in the job log, training metrics on the node's
-Prometheus endpoint; and a Tune job (`jobs/lambda_sweep.py`) the same way."""
+Prometheus endpoint, then `jobs/evaluate.py` on its checkpoint; and a Tune
+job (`jobs/lambda_sweep.py`) the same way."""
 
+import json
 import os
 import re
 import signal
@@ -94,6 +96,19 @@ def test_ray_job_submit_runs_the_training_job(head, tmp_path):
     assert (tmp_path / "runs" / "submitted" / "summary.json").exists()
     assert {"ray_cgc_images_per_second", "ray_cgc_loss", "ray_cgc_cgc_loss", "ray_cgc_learning_rate",
             "ray_cgc_data_wait_fraction"} <= found, sorted(found)
+
+    # the evaluation job on that checkpoint, submitted the same way
+    checkpoint = json.loads((tmp_path / "runs" / "submitted" / "summary.json").read_text())["checkpoint"]
+    proc = _submit(address, ["python", "jobs/evaluate.py", "--checkpoint", checkpoint, "--limit", "8",
+                             "--batch-size", "4", "--iauc-limit", "1", "--iauc-step", str(224 * 56),
+                             "--short-side", "96", "--figures", "1", "--threads", "1", "--out", str(tmp_path / "eval")])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
+    row = r"official \(lambda 1\): top1 [\d.]+, top5 [\d.]+, ch [\d.]+, iauc [\d.]+, cgc [\d.]+"
+    assert re.search(row, log), log[-3000:]
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"results.md", "results.csv", "results.json",
+                                                               "figures.png"}
 
 
 def test_ray_job_submit_runs_a_tune_sweep(head, tmp_path):
