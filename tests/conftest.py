@@ -17,6 +17,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
 
 
+def jpeg(path, size=(12, 8)):
+    """A small solid JPEG at `path`, folders made (hand-written raw layouts)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 30, 90)).save(path, "JPEG")
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

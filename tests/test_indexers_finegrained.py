@@ -6,19 +6,9 @@ import os
 import numpy as np
 import pytest
 import scipy.io as sio
-from PIL import Image
 
 from cgc_ray.data.indexers import INDEXERS, get_indexer, load_or_build
-
-
-def jpeg(path, size=(12, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (200, 30, 90)).save(path, "JPEG")
-
-
-def write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+from conftest import jpeg, write
 
 
 def rows(manifest):

@@ -3,19 +3,9 @@ copy, valprep class folders) and the plain folder indexer with a boxes file, on
 tiny hand-written trees; expected rows written out by hand."""
 
 import pytest
-from PIL import Image
 
 from cgc_ray.data.indexers import load_or_build
-
-
-def jpeg(path, size=(12, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (10, 200, 30)).save(path, "JPEG")
-
-
-def write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+from conftest import jpeg, write
 
 
 def rows(manifest):
