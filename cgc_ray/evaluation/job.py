@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import logging
 import os
 import uuid
@@ -47,7 +46,7 @@ import torch
 from torch import nn
 
 from ..data.embedded import ensure_embedded
-from ..data.indexers import child, load_or_build
+from ..data.indexers import load_or_build
 from ..data.manifest import Manifest
 from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
 from ..data.storage import StorageOptions, read_bytes, write_bytes
@@ -342,8 +341,8 @@ def rows_table(manifest: Manifest, limit: int | None = None) -> pa.Table:
 
 def ch_rows(cfg: EvalConfig, table: pa.Table) -> pa.Table:
     """The CH pass's rows: those with boxes, ordered by the model input shape
-    under the CH protocol, then by manifest order; images whose size is
-    unknown and unreadable last."""
+    under the CH protocol, then by manifest order; images whose header cannot
+    be read last (the decoding skips them)."""
     t = table.take([i for i, b in enumerate(table.column("boxes").to_pylist()) if b])
     if cfg.ch_protocol != "resize" or not t.num_rows:
         return t  # every input is the 224 centre crop
