@@ -2,6 +2,7 @@
 from S3 after an interruption, a worker killed on a multi-node cluster, bad input."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,28 @@ def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkey
     assert 0 <= summary["val_top1"] <= 100 and summary["val_cgc_loss"] > 0
     out = capsys.readouterr().out
     assert "summary: " in out and "checkpoints: " in out and "metrics: per epoch in " in out
+
+
+def test_too_many_unreadable_images_end_the_job_with_one_line(ray_cluster, tmp_path, capsys):
+    """Past --max-bad-images the job exits 2 with one line naming the limit and a file."""
+    from cgc_ray.data.embedded import ensure_embedded
+    from cgc_ray.data.indexers import load_or_build
+    from cgc_ray.data.manifest import build, write
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import imagenet
+
+    train, _ = load_or_build("embedded", str(ensure_embedded()), "train")
+    (tmp_path / "empty.JPEG").write_bytes(b"")
+    rows = [*train.table.slice(0, 62).to_pylist(), {"uri": str(tmp_path / "empty.JPEG"), "label": 0},
+            {"uri": str(tmp_path / "gone.JPEG"), "label": 1}]
+    write(build(rows, train.classes, "embedded", "train", train.root), str(tmp_path / "train.parquet"))
+    rc = imagenet.main([*SMALL, "--epochs", "1", "--train-manifest", str(tmp_path / "train.parquet"),
+                        "--max-bad-images", "1", "--max-failures", "0", "--storage-path", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert re.search(r"^error: 2 images could not be read, more than --max-bad-images 1 allows; "
+                     rf"e.g. {tmp_path}/(empty|gone).JPEG \(", err, flags=re.M), err[-2000:]
 
 
 def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3_server, tmp_path, monkeypatch):
