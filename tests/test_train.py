@@ -116,7 +116,7 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
     client.create_bucket(Bucket="runs")
     argv = [*SMALL, "--epochs", "2", "--storage-path", "s3://runs/cgc", "--s3-endpoint", options.endpoint_url,
             "--name", "resume", "--checkpoint-every-steps", "7", "--max-failures", "0", "--cam", "autograd",
-            "--keep-checkpoints", "2"]
+            "--channels-last", "--keep-checkpoints", "2"]
     marker = tmp_path / "killed"
     monkeypatch.setenv("CGC_RAY_TEST_KILL", f"1:30:{marker}")  # rank 1 dies at global step 30 (epoch 1)
     with pytest.raises(TrainingFailedError):
