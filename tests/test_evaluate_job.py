@@ -4,6 +4,7 @@ heatmap_consistency on the same fixed batches, computed here image by image
 from files decoded with PIL and preprocessed with torchvision."""
 
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -23,7 +24,9 @@ from PIL import Image
 from cgc_ray.data.embedded import CLASSES, ensure_embedded
 from cgc_ray.data.indexers import load_or_build
 from cgc_ray.data.manifest import build
+from cgc_ray.data.manifest import read as read_manifest
 from cgc_ray.data.manifest import write as write_manifest
+from cgc_ray.data.storage import StorageOptions
 from cgc_ray.data.pipeline import open_ledger
 from cgc_ray.evaluation import content_heatmap_single, insertion_auc_single, unrel
 from cgc_ray.evaluation import job
@@ -158,23 +161,34 @@ def test_distributed_results_equal_the_one_image_core(ray_cluster, ckpts, small_
     assert np.isnan(np.delete(got["cgc_0"], [0, 4])).all()
 
 
-def test_ch_rows_are_grouped_by_input_shape_with_sizes_read_where_unknown(ray_cluster, ckpts, small_set):
+def test_ch_rows_by_input_shape_with_sizes_read_where_unknown(ray_cluster, ckpts, small_set, tmp_path):
     """The CH pass's order: by the protocol's input shape (from the full decode
     here), then manifest order; sizes the manifest lacks are read from the
-    image headers; the unreadable image, whose size cannot be known, last."""
-    table = job.rows_table(small_set)
-    forget = np.isin(np.arange(table.num_rows), [0, 1, 5])
+    image headers (and stored in the cached manifest); the unreadable image,
+    whose size cannot be known, last."""
+    forget = np.isin(np.arange(len(small_set)), [0, 1, 5])
+    forgot = small_set.table
     for name in ("width", "height"):
-        values = [None if f else v for f, v in zip(forget, table.column(name).to_pylist())]
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+        values = [None if f else v for f, v in zip(forget, forgot.column(name).to_pylist())]
+        forgot = forgot.set_column(forgot.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+    manifest = dataclasses.replace(small_set, table=forgot)
+    table = job.rows_table(manifest)
     rows = table.to_pylist()
     readable = [i for i in range(table.num_rows) if i != 2]
+    decoded = {i: read_image(rows[i]["uri"]).shape[:2] for i in readable}
     for short_side in (224, 100):
         cfg = job.EvalConfig(checkpoints=(ckpts["cgc"],), short_side=short_side)
-        shape = {i: TF.resize(torch.zeros(1, *read_image(rows[i]["uri"]).shape[:2]), short_side).shape[1:]
+        shape = {i: TF.resize(torch.zeros(1, *decoded[i]), short_side).shape[1:]
                  for i in readable}  # torchvision's Resize(short_side) output size
         expected = sorted(readable, key=lambda i: (tuple(shape[i]), i)) + [2]
-        assert job.ch_rows(cfg, table).column("index").to_pylist() == expected
+        got = job.ch_rows(cfg, table)
+        assert got.column("index").to_pylist() == expected
+    assert [(r["height"], r["width"]) for r in got.to_pylist()] == [decoded.get(i, (None, None)) for i in expected]
+    write_manifest(manifest, str(tmp_path / "m.parquet"))
+    job.store_sizes(manifest, str(tmp_path / "m.parquet"), got, StorageOptions())
+    stored = read_manifest(str(tmp_path / "m.parquet")).table
+    assert list(zip(stored.column("height").to_pylist(), stored.column("width").to_pylist())) == [
+        decoded.get(i, (None, None)) for i in range(table.num_rows)]
     crop = job.EvalConfig(checkpoints=(ckpts["cgc"],), ch_protocol="center_crop")
     assert job.ch_rows(crop, table).column("index").to_pylist() == list(range(table.num_rows))
 

@@ -48,6 +48,7 @@ from torch import nn
 from ..data.embedded import ensure_embedded
 from ..data.indexers import load_or_build
 from ..data.manifest import Manifest
+from ..data.manifest import write as write_manifest
 from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
 from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb, val_transform
@@ -342,12 +343,16 @@ def rows_table(manifest: Manifest, limit: int | None = None) -> pa.Table:
 def ch_rows(cfg: EvalConfig, table: pa.Table) -> pa.Table:
     """The CH pass's rows: those with boxes, ordered by the model input shape
     under the CH protocol, then by manifest order; images whose header cannot
-    be read last (the decoding skips them)."""
+    be read last (the decoding skips them). Sizes the manifest lacks are read
+    from the image headers and filled in."""
     t = table.take([i for i, b in enumerate(table.column("boxes").to_pylist()) if b])
     if cfg.ch_protocol != "resize" or not t.num_rows:
         return t  # every input is the 224 centre crop
-    shapes = [(1,) if s is None else (0, *geometry(*s, short_side=cfg.short_side).input_size)
-              for s in image_sizes(cfg, t)]
+    sizes = image_sizes(cfg, t)
+    for k, name in enumerate(("height", "width")):
+        values = pa.array([s[k] if s else None for s in sizes], pa.int32())
+        t = t.set_column(t.schema.get_field_index(name), name, values)
+    shapes = [(1,) if s is None else (0, *geometry(*s, short_side=cfg.short_side).input_size) for s in sizes]
     return t.take(sorted(range(t.num_rows), key=shapes.__getitem__))  # stable
 
 
@@ -357,6 +362,7 @@ def image_sizes(cfg: EvalConfig, table: pa.Table) -> list[tuple[int, int] | None
     sizes = [None if h is None or w is None else (h, w)
              for h, w in zip(table.column("height").to_pylist(), table.column("width").to_pylist())]
     if missing := [i for i, s in enumerate(sizes) if s is None]:
+        print(f"reading the size of {len(missing)} images from their headers (not in the manifest)", flush=True)
         rows = table.take(missing).select(["uri"]).add_column(0, "row", pa.array(missing, pa.int64()))
         ds = ray.data.from_arrow(rows).map_batches(_header_sizes, batch_size=256, batch_format="numpy",
                                                    fn_kwargs={"storage": cfg.storage()})
@@ -406,21 +412,42 @@ def result_batches(cfg: EvalConfig, table: pa.Table, sets: list[list[list[int]]]
 
 # ---------------------------------------------------------------- the driver
 
-def load_manifest(cfg: EvalConfig) -> Manifest:
+def load_manifest(cfg: EvalConfig) -> tuple[Manifest, str]:
+    """The manifest and where it is cached."""
     root = str(ensure_embedded(cfg.data or None)) if cfg.dataset == "embedded" else cfg.data
     if not root:
         raise EvalError(f"--dataset {cfg.dataset} needs --data <root>")
     try:
-        return load_or_build(cfg.dataset, root, cfg.split, cfg.manifest, cfg.storage())[0]
+        return load_or_build(cfg.dataset, root, cfg.split, cfg.manifest, cfg.storage())
     except ValueError as e:  # unknown data set kind, split, labels
         raise EvalError(str(e)) from e
+
+
+def store_sizes(manifest: Manifest, uri: str, rows: pa.Table, storage: StorageOptions) -> None:
+    """Image sizes that `ch_rows` read from headers, written into the cached
+    manifest so that the next evaluation needs no header pass (best effort)."""
+    height, width = manifest.table.column("height").to_pylist(), manifest.table.column("width").to_pylist()
+    found = 0
+    for i, h, w in zip(*(rows.column(c).to_pylist() for c in ("index", "height", "width"))):
+        if h is not None and height[i] is None:
+            height[i], width[i], found = h, w, found + 1
+    if not found:
+        return
+    table = manifest.table
+    for name, values in (("height", height), ("width", width)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.int32()))
+    try:
+        write_manifest(dataclasses.replace(manifest, table=table), uri, storage)
+        log.info("stored %d image sizes in %s", found, uri)
+    except OSError as e:
+        log.warning("could not store image sizes in %s (%s)", uri, e)
 
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate; write results.md/.csv/.json (and figures.png) under cfg.out; return the summary."""
     check(cfg)
     storage = cfg.storage()
-    manifest = load_manifest(cfg)
+    manifest, manifest_uri = load_manifest(cfg)
     table = rows_table(manifest, cfg.limit)
     if not table.num_rows:
         raise EvalError(f"no images to evaluate (--limit {cfg.limit})")
@@ -441,6 +468,7 @@ def run(cfg: EvalConfig) -> dict:
     for batch in result_batches(cfg, table, sets, ledger_name):
         totals.add(batch)
     if "ch" in cfg.metrics and (rows := ch_rows(cfg, table)).num_rows:
+        store_sizes(manifest, manifest_uri, rows, storage)
         for batch in result_batches(cfg, rows, sets, part="ch"):
             totals.add_columns(batch)
     bad = ray.get(ledger.summary.remote())
