@@ -80,8 +80,11 @@ def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkey
     assert Path(summary["checkpoint"], "state.pt").exists()
     assert Path(summary["checkpoint"], "meta.json").exists()
     assert 0 <= summary["val_top1"] <= 100 and summary["val_cgc_loss"] > 0
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "cgc-run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3] and lines[-1]["val_top1"] == summary["val_top1"]
+    assert [m["global_step"] for m in lines] == [k * summary["steps_per_epoch"] for k in (1, 2, 3)]
     out = capsys.readouterr().out
-    assert "summary: " in out and "checkpoints: " in out and "metrics: per epoch in " in out
+    assert "summary: " in out and "checkpoints: " in out and "runs/cgc-run/metrics.jsonl (a line per epoch)" in out
 
 
 def test_too_many_unreadable_images_end_the_job_with_one_line(ray_cluster, tmp_path, capsys):
@@ -129,12 +132,19 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
     assert summary["params_checksums"][0] == summary["params_checksums"][1]  # with double backward under DDP
     stored = json.loads(read_bytes("s3://runs/cgc/resume/summary.json", options))
     assert stored["global_step"] == 2 * spe and stored["checkpoint"].startswith("s3://runs/cgc/resume/")
+
+    def epochs_logged():
+        lines = read_bytes("s3://runs/cgc/resume/metrics.jsonl", options).decode().splitlines()
+        return [(m["epoch"], m["global_step"]) for m in map(json.loads, lines)]
+
+    assert epochs_logged() == [(1, spe), (2, 2 * spe)]  # the killed epoch once, after its resume
     # a finished run asked for one more epoch goes on from its last checkpoint
     summary = run(parse([*argv, "--epochs", "3"]))
     assert (summary["epochs_done"], summary["global_step"]) == (3, 3 * spe)
     # submitted again unchanged: nothing left to train, the same final checkpoint
     again = run(parse([*argv, "--epochs", "3"]))
     assert (again["epochs_done"], again["global_step"], again["checkpoint"]) == (3, 3 * spe, summary["checkpoint"])
+    assert epochs_logged() == [(1, spe), (2, 2 * spe), (3, 3 * spe)]
     listed = client.list_objects_v2(Bucket="runs", Prefix="cgc/resume/", Delimiter="/")["CommonPrefixes"]
     assert len([p for p in listed if p["Prefix"].startswith("cgc/resume/checkpoint_")]) == 2  # --keep-checkpoints 2
 

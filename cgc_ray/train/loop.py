@@ -7,11 +7,13 @@ and a checkpoint.
 With `checkpoint_every_steps`, also mid-epoch checkpoints. A restarted worker
 group resumes at the checkpoint's (epoch, step in epoch): the epoch in
 progress only runs its remaining steps, so no epoch is lost or counted twice.
+Rank 0 also keeps `<run>/metrics.jsonl`, one line per finished epoch.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import tempfile
@@ -26,6 +28,7 @@ from torch import nn
 from ..data.batches import to_device
 from ..data.device_decode import decode_views
 from ..data.pipeline import DataSettings, record_bad_images
+from ..data.storage import read_bytes, write_bytes
 from ..gradcam import CamNet
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
@@ -114,6 +117,7 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
                 f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
+            _log_epoch(loop_config.get("run_uri"), loop_config["storage"], metrics)
         _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
 
@@ -155,6 +159,21 @@ def _report(metrics: dict, rank: int, state: dict, position: tuple, meta: dict) 
             checkpoint.save(d, epoch=epoch, step_in_epoch=step, global_step=global_step, meta=meta, **state)
             ckpt = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _log_epoch(run_uri: str | None, storage, metrics: dict) -> None:
+    """Add the epoch's line to <run>/metrics.jsonl, rewritten whole (object
+    stores have no append); a line for this or a later epoch, left by an
+    attempt that died before its checkpoint, is replaced."""
+    if run_uri is None:
+        return
+    uri = f"{run_uri}/metrics.jsonl"
+    try:
+        lines = read_bytes(uri, storage).decode().splitlines()
+    except OSError:  # the first epoch of the run
+        lines = []
+    kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < metrics["epoch"]]
+    write_bytes(uri, "".join(line + "\n" for line in [*kept, json.dumps(metrics, default=float)]).encode(), storage)
 
 
 def _unwrap(net: nn.Module) -> CamNet:

@@ -60,6 +60,7 @@ def run(cfg: TrainConfig) -> dict:
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
                            "steps_per_epoch": steps_per_epoch, "storage": storage, "ledger": settings.ledger,
+                           "run_uri": _run_uri(cfg),
                            "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
@@ -87,7 +88,7 @@ def run(cfg: TrainConfig) -> dict:
     summary.update(train_manifest=train_uri, val_manifest=val_uri)
     write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
     print(f"checkpoints: {summary['checkpoint']}\nsummary: {_run_uri(cfg)}/summary.json\n"
-          f"metrics: per epoch in {_run_uri(cfg)} (each checkpoint's report); live as Prometheus cgc_* "
+          f"metrics: {_run_uri(cfg)}/metrics.jsonl (a line per epoch); live as Prometheus ray_cgc_* "
           "series on every node's Ray metrics port\n"
           f"final: val top-1 {summary['val_top1']:.2f}%, val CGC loss {summary['val_cgc_loss']:.4f}", flush=True)
     return summary
