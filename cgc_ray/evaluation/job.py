@@ -144,14 +144,14 @@ def load_checkpoint(uri: str, storage: StorageOptions = StorageOptions(), device
 
 def usable_checkpoints(cfg: EvalConfig, manifest: Manifest, present: set[int]):
     """The checkpoints that can be evaluated on these images: (cfg narrowed to
-    them, their metas, their class sets, the skipped ones with the reason).
+    them, them loaded, their class sets, the skipped ones with the reason).
     A bad checkpoint is an error, or with --skip-bad a warning."""
-    kept, metas, sets, skipped = [], [], [], []
+    kept, loaded, sets, skipped = [], [], [], []
     for k, uri in enumerate(cfg.checkpoints):
         try:
-            meta = load_checkpoint(uri, cfg.storage()).meta
+            ck = load_checkpoint(uri, cfg.storage())
             try:
-                sets.append(class_sets(cfg.dataset, manifest.classes, meta["classes"], present))
+                sets.append(class_sets(cfg.dataset, manifest.classes, ck.meta["classes"], present))
             except EvalError as e:
                 raise EvalError(f"--checkpoint {uri}: {e}") from e
         except EvalError as e:
@@ -162,12 +162,12 @@ def usable_checkpoints(cfg: EvalConfig, manifest: Manifest, present: set[int]):
             skipped.append({"checkpoint": uri, "reason": str(e)})
             continue
         kept.append(k)
-        metas.append(meta)
+        loaded.append(ck)
     if not kept:
         raise EvalError("no --checkpoint can be evaluated: " + "; ".join(s["reason"] for s in skipped))
     narrowed = dataclasses.replace(cfg, checkpoints=tuple(cfg.checkpoints[k] for k in kept),
                                    labels=tuple(cfg.labels[k] for k in kept) if cfg.labels else ())
-    return narrowed, metas, sets, skipped
+    return narrowed, loaded, sets, skipped
 
 
 def rows_without_boxes(cfg: EvalConfig, table: pa.Table) -> dict:
@@ -175,11 +175,11 @@ def rows_without_boxes(cfg: EvalConfig, table: pa.Table) -> dict:
     error naming them, or with --skip-bad their count and first few URIs."""
     boxes = table.column("boxes").to_pylist()
     missing = [u for u, b in zip(table.column("uri").to_pylist(), boxes) if not b]
-    if "ch" in cfg.metrics and missing and not cfg.skip_bad:
-        raise EvalError(f"Content Heatmap needs boxes: {len(missing)} of {len(boxes)} images have none for their "
-                        f"class, e.g. {', '.join(missing[:3])}; pass --skip-bad to score CH on the others, or "
-                        "drop ch from --metrics")
     if "ch" in cfg.metrics and missing:
+        if not cfg.skip_bad:
+            raise EvalError(f"Content Heatmap needs boxes: {len(missing)} of {len(boxes)} images have none for "
+                            f"their class, e.g. {', '.join(missing[:3])}; pass --skip-bad to score CH on the "
+                            "others, or drop ch from --metrics")
         print(f"skipped for CH: {len(missing)} images without boxes, e.g. {missing[0]}", flush=True)
     return {"count": len(missing), "examples": missing[:20]}
 
@@ -452,7 +452,8 @@ def run(cfg: EvalConfig) -> dict:
     if not table.num_rows:
         raise EvalError(f"no images to evaluate (--limit {cfg.limit})")
     no_boxes = rows_without_boxes(cfg, table)
-    cfg, metas, sets, skipped = usable_checkpoints(cfg, manifest, set(table.column("label").to_pylist()))
+    cfg, checkpoints, sets, skipped = usable_checkpoints(cfg, manifest, set(table.column("label").to_pylist()))
+    metas = [ck.meta for ck in checkpoints]
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -474,7 +475,7 @@ def run(cfg: EvalConfig) -> dict:
     bad = ray.get(ledger.summary.remote())
     ray.kill(ledger)
 
-    names = write_figures(cfg, manifest, table, sets, labels) if cfg.figures or cfg.images else []
+    names = write_figures(cfg, checkpoints, manifest, table, sets, labels) if cfg.figures or cfg.images else []
     summary = report.summarize(cfg, manifest, table.num_rows, metas, labels, totals, bad, names)
     summary["data"].update(skipped_checkpoints=skipped, ch_images_without_boxes=no_boxes["count"],
                            ch_without_boxes_examples=no_boxes["examples"])
@@ -485,11 +486,10 @@ def run(cfg: EvalConfig) -> dict:
     return summary
 
 
-def write_figures(cfg, manifest, table, sets, labels) -> list[str]:
+def write_figures(cfg, models: list[Checkpoint], manifest, table, sets, labels) -> list[str]:
     """figures.png under cfg.out: the chosen (or seeded random) images, one row each."""
     rows = figure_rows(cfg, manifest, table)
     storage = cfg.storage()
-    models = [load_checkpoint(uri, storage) for uri in cfg.checkpoints]
     cells = []
     for row in rows:
         try:
