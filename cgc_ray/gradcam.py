@@ -73,6 +73,25 @@ class CamNet(nn.Module):
         return None
 
 
+def find_camnet(net: nn.Module) -> CamNet | None:
+    """The CamNet inside `net` (itself, or under DDP's `.module` / torch.compile's
+    `._orig_mod`), or None when `net` holds none."""
+    while not isinstance(net, CamNet):
+        inner = getattr(net, "module", None) or getattr(net, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        net = inner
+    return net
+
+
+def unwrap(net: nn.Module) -> CamNet:
+    """`find_camnet`, for a net known to hold one; ValueError otherwise."""
+    found = find_camnet(net)
+    if found is None:
+        raise ValueError(f"{type(net).__name__} is not a CamNet, nor one wrapped in DDP or torch.compile")
+    return found
+
+
 def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (B, h, w) for class `target` (B,), differentiable (create_graph)."""
     score = logits.gather(1, target[:, None]).sum()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contrastive import ARRANGEMENTS, NEGATIVES, info_nce, mse_consistency
-from .gradcam import CamNet, fp32, gradcam_autograd, gradcam_closed_form, normalize_heatmap
+from .gradcam import CamNet, find_camnet, fp32, gradcam_autograd, gradcam_closed_form, normalize_heatmap, unwrap
 from .transforms import check_crops, crop_resize_flip
 
 RECIPES = ("official", "two_view", "baseline")
@@ -130,7 +130,7 @@ def _ce(logits, label):
 
 
 def _cam_fn(net: nn.Module, method: str):
-    fc = _inner_camnet(net).linear_head()
+    fc = unwrap(net).linear_head()
     if method == "closed_form" and fc is None:
         raise ValueError("cam='closed_form' needs layer4 followed by global average pooling "
                          "and a linear fc (a torchvision ResNet); use cam='autograd'")
@@ -145,21 +145,13 @@ def _consistency(aug, moved, cfg: CGCConfig):
     return info_nce(aug, moved, cfg.tau, cfg.arrangement, cfg.negatives, cfg.block_size)
 
 
-def _inner_camnet(net: nn.Module) -> CamNet:
-    while not isinstance(net, CamNet):
-        net = getattr(net, "module", None) or getattr(net, "_orig_mod")
-    return net
-
-
 @contextlib.contextmanager
 def _as_camnet(model: nn.Module, layer: str):
-    """`model` itself if it already is a (wrapped) CamNet, else a temporary one."""
-    try:
-        _inner_camnet(model)
+    """`model` itself if it already is a (wrapped) CamNet, else a temporary one.
+    (No try/except around the yield: errors inside keep their type.)"""
+    if find_camnet(model) is not None:
         yield model
         return
-    except AttributeError:
-        pass
     net = CamNet(model, layer)
     try:
         yield net

@@ -73,3 +73,26 @@ def test_normalize_heatmap_protocol():
     assert out[0].sum() == pytest.approx(1.0 + 16e-8, rel=1e-6)
     # An all-zero map becomes uniform, not NaN.
     torch.testing.assert_close(out[1], torch.full((4, 4), 1e-8))
+
+
+def test_an_error_inside_the_objective_keeps_its_type_and_message():
+    """A CamNet (as in training, under DDP) whose model raises: the objective
+    passes the error on as it was, instead of a generator's RuntimeError."""
+    from cgc_ray.objective import cgc_objective
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torchvision.models.resnet18(num_classes=4)
+            self.layer4, self.fc, self.avgpool = self.inner.layer4, self.inner.fc, self.inner.avgpool
+
+        def forward(self, x):
+            raise AttributeError("'Broken' has no attribute 'aux_logits' (raised inside the forward)")
+
+    net = CamNet(Broken(), "layer4")
+    b = 2
+    batch = {k: torch.randn(b, 3, 32, 32) for k in ("xe", "image", "aug")}
+    batch.update(crop=torch.tensor([[0, 0, 16, 16]] * b), flip=torch.zeros(b, dtype=torch.bool),
+                 label=torch.zeros(b, dtype=torch.int64))
+    with pytest.raises(AttributeError, match="has no attribute 'aux_logits' \\(raised inside the forward\\)"):
+        cgc_objective(net, batch)
