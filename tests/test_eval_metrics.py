@@ -238,8 +238,11 @@ def test_batched_insertion_equals_single(resnet):
     # reorder near-equal heatmap values.
     maps = torch.cat([insertion_maps(resnet, x[:2], labels[:2]), insertion_maps(resnet, x[2:], labels[2:])])
     for b in range(3):
+        # fp32 reductions over layer4's 3x3x512 inputs (K ~ 4.6k terms), batched and single runs picking
+        # different kernels: errors up to ~sqrt(K) * 1.2e-7 ~ 1e-5 of the map's scale, on any CPU
+        scale = float(maps[b].abs().max())
         torch.testing.assert_close(insertion_maps(resnet, x[b:b + 1], labels[b:b + 1])[0], maps[b],
-                                   rtol=1e-5, atol=1e-7)
+                                   rtol=1e-4, atol=1e-5 * scale)
         got_auc, curve = insertion_auc_single(resnet, x[b], int(labels[b]), heatmap=maps[b], step=64 * 4)
         torch.testing.assert_close(res.curves[b], curve, rtol=0, atol=1e-5)
         assert float(res.auc[b]) == pytest.approx(got_auc, abs=1e-5)
