@@ -1,20 +1,23 @@
-"""What a checkpoint holds: model, optimiser, scheduler, grad scaler, position
-(epoch, step in epoch, global step) and RNG states, in one `state.pt`, plus a
-`meta.json` a person (or the evaluation job) can read without torch."""
+"""What a checkpoint holds: model, optimiser, scheduler, grad scaler and position
+(epoch, step in epoch, global step) in one `state.pt`, plus a `meta.json` a
+person (or the evaluation job) can read without torch.
+
+`state.pt` holds tensors and plain Python values only, so every read is
+`torch.load(weights_only=True)`: a crafted file that carries pickled code is
+refused, naming the global it asks for. No RNG state is stored: the loop seeds
+torch at the start of every epoch (per rank), and the augmentations are drawn
+in the data pipeline; a checkpoint therefore resumes on any number of GPUs."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..data.storage import StorageOptions, read_bytes
-from .model import build_model
+from .model import UnsafeCheckpoint, build_model, load_state  # noqa: F401 (UnsafeCheckpoint: re-export)
 
 STATE, META = "state.pt", "meta.json"
 
@@ -30,8 +33,6 @@ def save(directory: str, *, model, optimizer, scheduler, scaler, epoch: int, ste
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "position": position,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }, os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w") as f:
         json.dump({**meta, **position}, f, indent=1)
@@ -39,18 +40,14 @@ def save(directory: str, *, model, optimizer, scheduler, scaler, epoch: int, ste
 
 def load(directory: str, *, model, optimizer=None, scheduler=None, scaler=None) -> dict:
     """Restore what is given; returns the position {epoch, step_in_epoch, global_step}."""
-    state = torch.load(os.path.join(directory, STATE), map_location="cpu", weights_only=False)
+    with open(os.path.join(directory, STATE), "rb") as f:
+        state = load_state(f.read(), os.path.join(directory, STATE))
     model.load_state_dict(state["model"])
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None:
             obj.load_state_dict(state[key])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
     return state["position"]
+
 
 
 def read_meta(directory: str) -> dict:
@@ -61,9 +58,7 @@ def read_meta(directory: str) -> dict:
 def load_model(uri: str, storage: StorageOptions = StorageOptions()) -> tuple[nn.Module, dict]:
     """The model of a checkpoint folder (local path or s3://) and its meta.json."""
     meta = json.loads(read_bytes(f"{uri.rstrip('/')}/{META}", storage))
-    # Our own checkpoints also hold optimiser and RNG state (numpy arrays): not weights_only.
-    state = torch.load(io.BytesIO(read_bytes(f"{uri.rstrip('/')}/{STATE}", storage)), map_location="cpu",
-                       weights_only=False)
+    state = load_state(read_bytes(f"{uri.rstrip('/')}/{STATE}", storage), f"{uri.rstrip('/')}/{STATE}")
     model = build_model(meta["arch"], len(meta["classes"]))
     model.load_state_dict(state["model"])
     return model, meta

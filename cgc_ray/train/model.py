@@ -4,6 +4,8 @@ path or object storage (no hub downloads), and a head for the data set."""
 from __future__ import annotations
 
 import io
+import pickle
+import re
 
 import torch
 import torchvision
@@ -41,7 +43,7 @@ def load_state_dict(uri: str, storage: StorageOptions = StorageOptions()) -> dic
         raw = read_bytes(uri, storage)
     except OSError as e:
         raise FileNotFoundError(f"--weights {uri}: cannot read ({e})") from e
-    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    state = load_state(raw, uri)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -64,3 +66,18 @@ def _head(model: nn.Module) -> tuple[str, nn.Linear]:
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def load_state(raw: bytes, name: str) -> dict:
+    """A `state.pt` read weights-only; UnsafeCheckpoint names `name` and what it refused."""
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the global {found.group(1)}" if found else str(e).strip().splitlines()[0]
+        raise UnsafeCheckpoint(f"{name}: refused by a weights-only load, it asks for {what} (a file written "
+                               "by another tool or an older cgc-ray, or a crafted one)") from None
+
+
+class UnsafeCheckpoint(ValueError):
+    """A state file that a weights-only load refuses."""
