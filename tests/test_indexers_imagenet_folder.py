@@ -88,3 +88,30 @@ def test_any_fsspec_url_through_the_same_storage_code(tmp_path):
     assert [r[:3] for r in rows(manifest)] == [("a.jpg", 0, None), ("c.jpeg", 1, [[4, 1, 6, 7]])]
     first = manifest.table.column("uri")[0].as_py()
     assert first.startswith("memory://") and read_bytes(first) == (tmp_path / "train" / "cat" / "a.jpg").read_bytes()
+
+
+def test_a_shared_manifest_cache_never_hands_one_root_anothers_images(tmp_path):
+    """--manifest-dir shared by two roots of one kind, and a root whose files changed."""
+    from cgc_ray.data.indexers import cache_uri, load_or_build
+
+    for root, classes, per in (("A", ("cat", "dog"), 16), ("B", ("cat", "dog", "owl"), 16)):
+        for c in classes:
+            for i in range(per):
+                jpeg(tmp_path / root / "train" / c / f"{i}.jpg")
+    cache = str(tmp_path / "cache")
+    got = {}
+    for root in ("A", "B"):
+        r = str(tmp_path / root)
+        got[root] = load_or_build("folder", r, "train", cache_uri(cache, "folder", r, "train"))[0]
+    assert (len(got["A"]), got["A"].classes) == (32, ["cat", "dog"])
+    assert (len(got["B"]), got["B"].classes, got["B"].root) == (48, ["cat", "dog", "owl"], str(tmp_path / "B"))
+    # one file given for both roots (an old cache name): B is indexed again, not served A's rows
+    shared = str(tmp_path / "one.parquet")
+    load_or_build("folder", str(tmp_path / "A"), "train", shared)
+    assert len(load_or_build("folder", str(tmp_path / "B"), "train", shared)[0]) == 48
+    # files added to A: the cache keeps the old count until --reindex (rebuild=True)
+    for i in range(8):
+        jpeg(tmp_path / "A" / "train" / "cat" / f"new{i}.jpg")
+    where = cache_uri(cache, "folder", str(tmp_path / "A"), "train")
+    assert len(load_or_build("folder", str(tmp_path / "A"), "train", where)[0]) == 32
+    assert len(load_or_build("folder", str(tmp_path / "A"), "train", where, rebuild=True)[0]) == 40

@@ -7,6 +7,7 @@ next to the data (or at a path the user gives).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -40,17 +41,31 @@ def default_manifest_uri(dataset: str, root: str, split: str) -> str:
     return f"{root.rstrip('/')}/_cgc_manifests/{dataset}-{split}.parquet"
 
 
+def cache_uri(manifest_dir: str, dataset: str, root: str, split: str) -> str:
+    """The manifest's place in a --manifest-dir shared by several data roots:
+    the name carries a digest of the root, so two roots never share a file."""
+    tag = hashlib.sha1(root.encode()).hexdigest()[:12]
+    return f"{manifest_dir.rstrip('/')}/{dataset}-{split}-{tag}.parquet"
+
+
 def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None = None,
                   options: StorageOptions = StorageOptions(), rebuild: bool = False) -> tuple[Manifest, str]:
     """The split's manifest and where it is stored: read if cached, else indexed and written.
 
     The default place is `<root>/_cgc_manifests/`; where the data is read-only
     the manifest goes to the local cache instead (CGC_RAY_CACHE or ~/.cache/cgc_ray).
+    A cached manifest is used only if it was built from this data set, root and
+    split (recorded in it); otherwise, or with `rebuild` (--reindex), the split
+    is indexed again and the cache rewritten.
     """
     indexer = get_indexer(dataset)
     uri = manifest_uri or default_manifest_uri(dataset, root, split)
     if not rebuild and exists(uri, options):
-        return read(uri, options), uri
+        cached = read(uri, options)
+        if (cached.dataset, cached.root, cached.split) == (dataset, root, split):
+            return cached, uri
+        log.warning("%s was built from %s %s %s, not %s %s %s: indexing again", uri, cached.dataset, cached.root,
+                    cached.split, dataset, root, split)
     manifest = indexer(root, split, options)
     try:
         write(manifest, uri, options)
@@ -66,8 +81,6 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
 
 
 def _local_fallback(dataset, root, split):
-    import hashlib  # noqa: PLC0415
-
     base = os.environ.get("CGC_RAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cgc_ray")
     tag = hashlib.sha1(root.encode()).hexdigest()[:12]
     return os.path.join(base, "manifests", f"{dataset}-{split}-{tag}.parquet")
