@@ -3,6 +3,7 @@ float batch on the training device (Ray-free)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..transforms import crop_resize_flip
@@ -25,7 +26,9 @@ def to_device(batch: dict, recipe: str, device, channels_last: bool = False) -> 
     """The objective's batch: normalised views, "aug" made here from the query
     with T's parameters, labels on the device; crop/flip stay on the CPU (the
     objective checks them there without a host sync and moves them itself)."""
-    out = {k: normalize(torch.as_tensor(batch[k]), device, channels_last) for k in IMAGE_KEYS if k in batch}
+    # Ray Data hands read-only arrays (zero-copy from the object store): copy those, torch wants writable ones
+    out = {k: normalize(torch.from_numpy(np.require(batch[k], requirements="W")), device, channels_last)
+           for k in IMAGE_KEYS if k in batch}
     out["label"] = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
     if "crop" in batch:
         out["crop"], out["flip"] = torch.as_tensor(batch["crop"]), torch.as_tensor(batch["flip"])

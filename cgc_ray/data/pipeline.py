@@ -201,11 +201,15 @@ def _column(values: list, dtype) -> np.ndarray:
     return np.stack(values).astype(dtype, copy=False)
 
 
-def _rows(manifest_uri: str, settings: DataSettings, columns=("uri", "label")) -> tuple[ray.data.Dataset, int]:
-    """The manifest's rows and their count, read once here: an epoch then
-    starts without listing and reading the Parquet file again."""
+def _rows(manifest_uri: str, settings: DataSettings, columns=("uri", "label"),
+          part: tuple[int, int] | None = None) -> tuple[ray.data.Dataset, int]:
+    """The manifest's rows (with `part` = (k, n): rows k, k + n, k + 2n, ...)
+    and their count, read once here: an epoch then starts without listing and
+    reading the Parquet file again."""
     fs, path = resolve(manifest_uri, settings.storage)
     table = pq.read_table(path, filesystem=fs, columns=list(columns))
+    if part is not None:
+        table = table.take(list(range(part[0], table.num_rows, part[1])))
     return ray.data.from_arrow(table), table.num_rows
 
 
@@ -238,19 +242,28 @@ def train_dataset(manifest_uri: str, recipe: str, settings: DataSettings) -> ray
     return _decoded(shuffled, n, _train_batch, settings, len(RECIPE_VIEWS[recipe]), recipe=recipe)
 
 
-def val_dataset(manifest_uri: str, settings: DataSettings) -> ray.data.Dataset:
+def val_dataset(manifest_uri: str, settings: DataSettings, part: tuple[int, int] | None = None) -> ray.data.Dataset:
     """Center-crop views in manifest order, with a fixed T per image and the
-    boxes ((k, 4) float32 edges per row) mapped into the crop."""
-    rows, n = _rows(manifest_uri, settings, ("uri", "label", "boxes"))
+    boxes ((k, 4) float32 edges per row) mapped into the crop. `part` (k, n):
+    rank k's share of n, every image in exactly one share (Ray Train's equal
+    split would drop the remainder)."""
+    rows, n = _rows(manifest_uri, settings, ("uri", "label", "boxes"), part)
     return _decoded(rows, n, _val_batch, settings, 1)
 
 
 def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     """Ray Train's dataset config: split every dataset equally, with the
-    object-store cap applied to the shards' execution."""
+    object-store cap applied to the shards' execution. The options are what
+    the DataContext sets, as `DataConfig.default_ingest_options()` copies them,
+    less the deprecated `exclude_resources` (copying it warns on every run)."""
     from ray.train import DataConfig  # noqa: PLC0415: Ray Train only where a trainer is built
 
-    options = DataConfig.default_ingest_options()  # what the DataContext sets, kept
+    current = ray.data.DataContext.get_current().execution_options
+    limits = current.resource_limits
     if settings.object_store_limit:
-        options.resource_limits = options.resource_limits.copy(object_store_memory=settings.object_store_limit)
-    return DataConfig(execution_options=options)
+        limits = limits.copy(object_store_memory=settings.object_store_limit)
+    options = ray.data.ExecutionOptions(resource_limits=limits, preserve_order=current.preserve_order,
+                                        verbose_progress=current.verbose_progress,
+                                        label_selector=current.label_selector)
+    # validation shares are made per rank (val_dataset's `part`), not split by Ray Train
+    return DataConfig(datasets_to_split=["train"], execution_options=options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -29,7 +30,7 @@ from ..data.batches import to_device
 from ..data.device_decode import decode_views
 from ..data.pipeline import DataSettings, record_bad_images
 from ..data.storage import read_bytes, write_bytes
-from ..gradcam import CamNet
+from ..gradcam import CamNet, unwrap
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
 from .config import TrainConfig
@@ -42,6 +43,9 @@ AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def train_loop(loop_config: dict) -> None:
     cfg = TrainConfig(**loop_config["train"])
+    # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
+    # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
+    logging.getLogger().setLevel(cfg.ray_log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -74,7 +78,7 @@ def train_loop(loop_config: dict) -> None:
 
     telemetry = Telemetry(cfg.name, rank, cfg.log_every_steps, steps_per_epoch, cfg.epochs)
     state = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard(f"val_{rank}")
     meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
             "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
 
@@ -112,8 +116,7 @@ def train_loop(loop_config: dict) -> None:
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
-                       params_checksums=_gather(_checksum(model)),
-                       nodes=_gather(ray.get_runtime_context().get_node_id()))
+                       **rank_views(model, ray.get_runtime_context().get_node_id(), device))
         if rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
                 f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
@@ -123,31 +126,37 @@ def train_loop(loop_config: dict) -> None:
 
 
 def validate(net: nn.Module, shard, cfg: TrainConfig, objective: CGCConfig, device) -> dict:
-    """Top-1/top-5 and the CGC loss (query: the val image, positive: its T view,
-    negatives: the other images of its batch of `val_batch_size`), over all ranks."""
-    inner = _unwrap(net)
+    """Top-1/top-5 over every validation image of the shard (a last partial
+    batch counts) and the CGC loss of each full batch of `val_batch_size`
+    (query: the val image, positive: its T view, negatives: the other images
+    of its batch), summed over ranks. The sums live on `device`: NCCL reduces
+    device tensors only. No image scored gives NaN, not 0 %."""
+    inner = unwrap(net)
     inner.eval()
-    totals = torch.zeros(4, dtype=torch.float64)  # images, top-1 hits, top-5 hits, sum of batch CGC losses
-    batches = 0
-    for i, raw in enumerate(shard.iter_batches(batch_size=cfg.val_batch_size, drop_last=True, batch_format="numpy")):
+    # Grad-CAM needs gradients unless it has the closed form (what cam="auto" resolves to)
+    needs_grad = objective.cam == "autograd" or inner.linear_head() is None
+    # images, top-1 hits, top-5 hits, sum of full-batch CGC losses, full batches
+    totals = torch.zeros(5, dtype=torch.float64, device=device)
+    for i, raw in enumerate(shard.iter_batches(batch_size=cfg.val_batch_size, drop_last=False, batch_format="numpy")):
         if cfg.val_batches is not None and i >= cfg.val_batches:
             break
         b = to_device(raw, "official", device, cfg.channels_last)
-        with torch.set_grad_enabled(objective.cam == "autograd"):
+        full = len(b["label"]) == cfg.val_batch_size
+        with torch.set_grad_enabled(needs_grad and full):
             query, aug = inner(b["image"], b["aug"])
-            cgc = heatmap_consistency(inner, query, aug, b["crop"], b["flip"], tuple(b["image"].shape[-2:]), objective)
+            cgc = (heatmap_consistency(inner, query, aug, b["crop"], b["flip"], tuple(b["image"].shape[-2:]), objective)
+                   if full else torch.zeros((), device=device))
         top5 = query[0].detach().topk(min(5, query[0].shape[1]), dim=1).indices
-        hits = top5 == b["label"][:, None]
-        totals += torch.tensor([len(hits), hits[:, 0].sum().item(), hits.any(1).sum().item(), cgc.item()],
-                               dtype=torch.float64)
-        batches += 1
-    totals = torch.cat([totals, torch.tensor([batches], dtype=torch.float64)])
+        hits = (top5 == b["label"][:, None]).double()
+        totals += torch.stack([torch.ones_like(hits[:, 0]).sum(), hits[:, 0].sum(), hits.amax(1).sum(),
+                               cgc.detach().double(), torch.tensor(float(full), dtype=torch.float64, device=device)])
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)  # gloo and NCCL both sum fp64 on the CPU/GPU as needed
+        dist.all_reduce(totals)
     inner.train()
-    n, top1, top5, cgc_sum, nb = totals.tolist()
-    return {"val_top1": 100 * top1 / max(n, 1), "val_top5": 100 * top5 / max(n, 1),
-            "val_cgc_loss": cgc_sum / max(nb, 1), "val_images": int(n)}
+    n, top1, top5, cgc_sum, full_batches = totals.tolist()
+    nan = float("nan")
+    return {"val_top1": 100 * top1 / n if n else nan, "val_top5": 100 * top5 / n if n else nan,
+            "val_cgc_loss": cgc_sum / full_batches if full_batches else nan, "val_images": int(n)}
 
 
 def _report(metrics: dict, rank: int, state: dict, position: tuple, meta: dict) -> None:
@@ -176,19 +185,23 @@ def _log_epoch(run_uri: str | None, storage, metrics: dict) -> None:
     write_bytes(uri, "".join(line + "\n" for line in [*kept, json.dumps(metrics, default=float)]).encode(), storage)
 
 
-def _unwrap(net: nn.Module) -> CamNet:
-    while not isinstance(net, CamNet):
-        net = getattr(net, "module", None) or net._orig_mod
-    return net
+def rank_views(model: nn.Module, node_id: str, device) -> dict:
+    """Every rank's parameter checksum and node, in rank order (the DDP test and
+    the logs read them). Gathered as tensors on `device`: NCCL moves device
+    tensors only."""
+    checksum = torch.tensor([_checksum(model)], dtype=torch.float64, device=device)
+    node = torch.tensor(list(bytes.fromhex(node_id)), dtype=torch.uint8, device=device)
+    return {"params_checksums": _gather(checksum)[:, 0].tolist(),
+            "nodes": [bytes(row).hex() for row in _gather(node).cpu().tolist()]}
 
 
-def _gather(value: float) -> list[float]:
-    """`value` from every rank, in rank order."""
+def _gather(row: torch.Tensor) -> torch.Tensor:
+    """The 1-D `row` of every rank (same length everywhere), stacked in rank order."""
     if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+        return row[None]
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    return torch.stack(rows)
 
 
 def _checksum(model: nn.Module) -> float:
