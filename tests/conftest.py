@@ -17,6 +17,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
 
 
+def pytest_collection_modifyitems(items):
+    """`cluster`: the tests that start or join a Ray cluster (through the
+    session's cluster fixture, or one of their own): `-m "not cluster"` runs the rest."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()) or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.cluster)
+
+
 def jpeg(path, size=(12, 8)):
     """A small solid JPEG at `path`, folders made (hand-written raw layouts)."""
     from PIL import Image

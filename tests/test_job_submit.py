@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cluster  # a CLI-started head of its own
+
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
