@@ -98,8 +98,12 @@ def write_bytes(uri: str, data: bytes, options: StorageOptions = StorageOptions(
 
 
 def exists(uri: str, options: StorageOptions = StorageOptions()) -> bool:
+    return file_info(uri, options).type != pafs.FileType.NotFound
+
+
+def file_info(uri: str, options: StorageOptions = StorageOptions()) -> pafs.FileInfo:
     fs, path = resolve(uri, options)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return fs.get_file_info(path)
 
 
 def list_dir(uri: str, options: StorageOptions = StorageOptions()) -> list[pafs.FileInfo]:

@@ -45,7 +45,8 @@ import ray
 import torch
 from torch import nn
 
-from ..data.embedded import ensure_embedded
+from ..data.embedded import DATASETS as EMBEDDED
+from ..data.embedded import embedded_root
 from ..data.indexers import load_or_build
 from ..data.manifest import Manifest
 from ..data.manifest import write as write_manifest
@@ -54,6 +55,7 @@ from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb, val_transform
 from ..objective import CGCConfig, heatmap_consistency
 from ..train.checkpoint import load_model
+from ..train.config import absolute_paths
 from ..transforms import crop_resize_flip
 from . import figures, report, unrel
 from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess
@@ -414,7 +416,7 @@ def result_batches(cfg: EvalConfig, table: pa.Table, sets: list[list[list[int]]]
 
 def load_manifest(cfg: EvalConfig) -> tuple[Manifest, str]:
     """The manifest and where it is cached."""
-    root = str(ensure_embedded(cfg.data or None)) if cfg.dataset == "embedded" else cfg.data
+    root = embedded_root(cfg.dataset, cfg.data) if cfg.dataset in EMBEDDED else cfg.data
     if not root:
         raise EvalError(f"--dataset {cfg.dataset} needs --data <root>")
     try:
@@ -580,4 +582,6 @@ def parse(argv=None) -> EvalConfig:
     a["split"] = a["split"] or ("test" if a["dataset"] == "unrel" else "val")
     for key in ("metrics", "images"):
         a[key] = tuple(v.strip() for v in a[key].split(",") if v.strip())
-    return EvalConfig(**{**a, "checkpoints": tuple(a["checkpoints"]), "labels": tuple(a["labels"])})
+    a = absolute_paths(a, ("data", "manifest", "out"))
+    checkpoints = tuple(absolute_paths({"c": c}, ("c",))["c"] for c in a["checkpoints"])
+    return EvalConfig(**{**a, "checkpoints": checkpoints, "labels": tuple(a["labels"])})

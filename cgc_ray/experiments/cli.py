@@ -18,7 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from ..data.indexers import load_or_build
+from ..data.embedded import DATASETS as EMBEDDED
+from ..data.embedded import embedded_root
+from ..data.indexers import cache_uri, load_or_build
 from ..data.manifest import write as write_manifest
 from ..data.storage import StorageOptions
 from ..evaluation.content_heatmap import PROTOCOLS
@@ -65,10 +67,12 @@ class Request:
                      StorageOptions(endpoint_url=self.base.s3_endpoint, region=self.base.s3_region))
 
 
-def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: dict | None = None) -> Request:
+def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: dict | None = None,
+                  embedded_preset: dict = TINY) -> Request:
     """The command line, its training options checked (each trial is checked again with its grid point)."""
     args, train_argv = p.parse_known_args(argv)
-    base = with_gpus(train_config(train_argv, preset), args.gpus_per_trial)
+    args.storage_path = config.absolute_paths({"storage_path": args.storage_path}, ("storage_path",))["storage_path"]
+    base = with_gpus(train_config(train_argv, preset, embedded_preset), args.gpus_per_trial)
     config.check(base)
     return Request(args, train_argv, base)
 
@@ -117,11 +121,11 @@ def datasets(text: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def train_config(train_argv: list[str], preset: dict | None = None) -> TrainConfig:
-    """The training options: on the embedded set the TINY preset, else `preset`;
-    the user's flags win over either."""
-    tiny = config.parse(train_argv).dataset == "embedded"
-    values = TINY if tiny else (preset or {})
+def train_config(train_argv: list[str], preset: dict | None = None, embedded_preset: dict = TINY) -> TrainConfig:
+    """The training options: on an embedded set `embedded_preset` (over the
+    no-argument run's), else `preset`; the user's flags win over either."""
+    tiny = config.parse(train_argv).dataset in EMBEDDED
+    values = embedded_preset if tiny else (preset or {})
     return config.parse([*_flags(values), *train_argv])
 
 
@@ -155,8 +159,9 @@ def ch_settings(args, cfg: TrainConfig) -> dict:
 
 
 def manifest(cfg: TrainConfig, split: str, storage: StorageOptions):
-    where = f"{cfg.manifest_dir.rstrip('/')}/{cfg.dataset}-{split}.parquet" if cfg.manifest_dir else None
-    return load_or_build(cfg.dataset, cfg.data or "", split, where, storage)[0]
+    root = embedded_root(cfg.dataset, cfg.data) if cfg.dataset in EMBEDDED else cfg.data
+    where = cache_uri(cfg.manifest_dir, cfg.dataset, root, split) if cfg.manifest_dir else None
+    return load_or_build(cfg.dataset, root, split, where, storage, rebuild=cfg.reindex)[0]
 
 
 def per_class_subset(cfg: TrainConfig, sw: Sweep, per_class: int | None, seed: int = 0) -> TrainConfig:

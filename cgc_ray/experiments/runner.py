@@ -6,7 +6,7 @@ Train-in-Tune pattern), scores CH on validation images with boxes in a Ray
 task that takes the resources the training just released, stores one JSON
 row (tags, metrics, full config, seed, code version) and reports it with
 `ray.tune.report`. The experiment math lives in the Ray-free modules
-(`episodes`, `tables`, `evaluate`); this one only moves things around.
+(`episodes`, `tables`, `evaluation.run_report`); this one only moves things around.
 
 Under <storage_path>/<name>/ (a local path or s3://):
 
@@ -51,10 +51,10 @@ from ray import tune
 
 from ..data.indexers import child
 from ..data.storage import StorageOptions, exists, list_dir, read_bytes, resolve, write_bytes
+from ..evaluation.run_report import checkpoint_ch
 from ..train import service
 from ..train.config import ConfigError, TrainConfig, check
 from . import tables
-from .evaluate import checkpoint_ch
 
 TRIAL_CPUS = 0.01  # the trial process only drives its TorchTrainer
 DATA_CPUS = 1.0    # room for a trial's Ray Data tasks, counted when sizing concurrency
@@ -92,7 +92,8 @@ def code_version() -> str:
 
 def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> dict:
     """One trial: its training run lives at <sweep>/runs/<key>."""
-    train = {**cfg.to_dict(), "name": key, "storage_path": sweep.path("runs")}
+    # the trial scores CH with the sweep's settings (`_ch_task`), not the run's own end-of-run pass
+    train = {**cfg.to_dict(), "name": key, "storage_path": sweep.path("runs"), "explain_images": 0}
     check(TrainConfig(**train))  # a bad grid point fails before anything starts
     if cfg.data and not _readable(cfg.data, _storage(cfg)):
         raise ConfigError(f"--data {cfg.data} does not exist or cannot be read")
@@ -166,7 +167,7 @@ def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, 
         write_tables(sweep, rows, layouts)
     for error in failed:
         print(f"trial failed: {error}", flush=True)
-    return len(failed)
+    return len(failed) or (0 if rows else 1)  # a sweep with nothing stored has not succeeded
 
 
 def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:

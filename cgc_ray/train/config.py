@@ -13,6 +13,7 @@ import torch
 import torchvision
 import yaml
 
+from ..data.embedded import DATASETS as EMBEDDED
 from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
 
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
@@ -27,6 +28,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     manifest_dir: str | None = None    # where manifests are cached (default: next to the data)
+    reindex: bool = False              # index the data again even where a cached manifest exists
     train_manifest: str | None = None  # a manifest URI used as is (no indexing): an episode, a label split
     val_manifest: str | None = None
     s3_endpoint: str | None = None     # overrides AWS_ENDPOINT_URL(_S3)
@@ -70,11 +72,14 @@ class TrainConfig:
     # validation
     val_batch_size: int = 32
     val_batches: int | None = None     # held-out batches per rank per validation (None: all)
+    explain_images: int = 1000         # at the end: Content Heatmap over this many val images with boxes (0: off)
+    figure_images: int = 16            # ... and heatmaps.png of this many of them
     # scaling
     num_workers: int = 2
     use_gpu: bool = False
     gpus_per_worker: float = 1.0       # a fraction (e.g. 0.25) lets several small runs share a GPU
     autoscaling: bool = False          # the cluster adds GPU nodes on demand: no GPU-count check at submission
+    share_gpus: bool = False           # allow --gpus-per-worker < 1 with several workers (ranks may share a GPU)
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"   # or SPREAD, STRICT_PACK, STRICT_SPREAD (Ray placement groups)
     # run
@@ -84,6 +89,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_failures: int = 3
     log_every_steps: int = 10
+    ray_log_level: str = "WARNING"     # Ray's own log lines from the job's processes (INFO shows every report)
 
     @property
     def effective_lam(self) -> float:
@@ -100,8 +106,11 @@ class TrainConfig:
 
 
 # The no-argument run: the embedded set on a 2-core laptop, in minutes.
-LAPTOP = dict(epochs=3, batch_size=32, image_size=96, resize_size=110, lr=0.4, lr_step_epochs=2,
-              num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
+# ResNet-18 at 112 px: layer4 (stride 32) gives a 4x4 Grad-CAM map, the smallest where "inside the
+# box" means something (64 px: 2x2, 96 px: 3x3; ImageNet's 7x7 needs 224 px, 4x the compute).
+# lr 0.1 at batch 256 is the paper's (0.0125 at 32), warmed up over the first epoch; x 0.1 for the last.
+LAPTOP = dict(epochs=5, batch_size=32, image_size=112, resize_size=128, lr=0.1, warmup_epochs=1.0,
+              lr_milestones="4", num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
 
 
 class ConfigError(ValueError):
@@ -139,9 +148,13 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(not cfg.sync_bn or cfg.num_workers > 1, "--sync-bn needs more than one worker")
     need(not cfg.sync_bn or cfg.use_gpu, "--sync-bn needs --use-gpu (torch's SyncBatchNorm runs on GPUs only)")
     need(not (cfg.precision == "fp16" and not cfg.use_gpu), "--precision fp16 needs --use-gpu (use bf16 on the CPU)")
-    need(cfg.dataset == "embedded" or cfg.data or (cfg.train_manifest and cfg.val_manifest),
+    need(cfg.dataset in EMBEDDED or cfg.data or (cfg.train_manifest and cfg.val_manifest),
          f"--data is required for --dataset {cfg.dataset}")
     need(cfg.gpus_per_worker > 0, f"--gpus-per-worker must be > 0, got {cfg.gpus_per_worker}")
+    need(not (cfg.use_gpu and cfg.num_workers > 1 and cfg.gpus_per_worker < 1 and not cfg.share_gpus),
+         f"--gpus-per-worker {cfg.gpus_per_worker:g} with --num-workers {cfg.num_workers} can put two DDP ranks "
+         "on one GPU, which NCCL refuses; use whole GPUs, one worker, or pass --share-gpus to try anyway")
+    _check_ranges(cfg, need)
     need(cfg.head_lr is None or cfg.head_lr > 0, f"--head-lr must be > 0, got {cfg.head_lr}")
     need(0 <= cfg.warmup_epochs < cfg.epochs, f"--warmup-epochs must be in [0, --epochs), got {cfg.warmup_epochs}")
     _check_milestones(cfg.lr_milestones, need)
@@ -151,6 +164,28 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
         need(cluster_gpus >= gpus,
              f"--use-gpu with --num-workers {cfg.num_workers} needs {gpus:g} GPUs; the cluster has {cluster_gpus:g} "
              "(on a cluster that adds GPU nodes on demand, pass --autoscaling)")
+
+
+# option -> (test, the allowed range in words)
+RANGES = {
+    "lr": (lambda v: v > 0, "> 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"), "lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "max_bad_images": (lambda v: v >= 0, ">= 0"), "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "cpus_per_worker": (lambda v: v > 0, "> 0"), "max_failures": (lambda v: v >= -1, ">= -1 (-1: no limit)"),
+    "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
+    "log_every_steps": (lambda v: v >= 1, ">= 1"), "image_size": (lambda v: v >= 16, ">= 16"),
+    "decode_batch": (lambda v: v >= 1, ">= 1"), "lr_reference_batch": (lambda v: v >= 1, ">= 1"),
+    "explain_images": (lambda v: v >= 0, ">= 0 (0: off)"), "figure_images": (lambda v: v >= 0, ">= 0"),
+    "val_batches": (lambda v: v is None or v >= 1, ">= 1"), "block_size": (lambda v: v is None or v >= 2, ">= 2"),
+    "object_store_limit_gb": (lambda v: v is None or v > 0, "> 0"),
+    "ray_log_level": (lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"), "one of DEBUG, INFO, WARNING, ERROR"),
+}
+
+
+def _check_ranges(cfg: TrainConfig, need) -> None:
+    for name, (ok, allowed) in RANGES.items():
+        value = getattr(cfg, name)
+        need(ok(value), f"--{name.replace('_', '-')} must be {allowed}, got {value}")
 
 
 def _check_model(cfg: TrainConfig, need) -> None:
@@ -197,9 +232,20 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
         values.update(_read_yaml(args.config))
     given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     values.update(given)
-    if values.get("dataset", "embedded") == "embedded":
+    if values.get("dataset", "embedded") in EMBEDDED:
         values = {**LAPTOP, **values}
-    return TrainConfig(**values)
+    return TrainConfig(**absolute_paths(values, PATH_FIELDS))
+
+
+PATH_FIELDS = ("data", "manifest_dir", "train_manifest", "val_manifest", "weights", "storage_path")
+
+
+def absolute_paths(values: dict, names) -> dict:
+    """Local paths made absolute here, in the driver: Ray's workers and Tune's
+    trials run in other working folders, where a relative path means another
+    place. URIs (s3://...) stay as they are."""
+    return {k: (os.path.abspath(v) if k in names and isinstance(v, str) and v and "://" not in v else v)
+            for k, v in values.items()}
 
 
 def _add_flag(parser, f):

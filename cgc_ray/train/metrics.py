@@ -35,12 +35,12 @@ class Telemetry:
         self.images = Counter("cgc_images_total", description="Training images processed", tag_keys=TAGS)
         self.rank, self.every = rank, every
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
-        self.window = {"step": 0.0, "wait": 0.0, "images": 0}
+        self.window = {"step": 0.0, "wait": 0.0, "images": 0, "steps": 0}
         self.epoch_total = dict(self.window)
 
     def end_epoch(self) -> dict:
         """Throughput and data-wait share of this worker over the epoch's steps."""
-        t, self.epoch_total = self.epoch_total, {"step": 0.0, "wait": 0.0, "images": 0}
+        t, self.epoch_total = self.epoch_total, {"step": 0.0, "wait": 0.0, "images": 0, "steps": 0}
         return {"train_images_per_s": t["images"] / max(t["step"], 1e-9),
                 "data_wait_fraction": t["wait"] / max(t["step"], 1e-9)}
 
@@ -52,6 +52,7 @@ class Telemetry:
             w["step"] += step_s
             w["wait"] += wait_s
             w["images"] += images
+            w["steps"] += 1
         w = self.window
         if step_in_epoch % self.every == 0 or step_in_epoch == self.steps_per_epoch:
             loss, ce, cgc = torch.stack(parts).detach().float().cpu().tolist()
@@ -64,10 +65,18 @@ class Telemetry:
             for k, v in values.items():
                 self.gauges[k].set(float(v), tags=self.tags)
             if self.rank == 0:
+                left = (self.epochs - epoch - 1) * self.steps_per_epoch + self.steps_per_epoch - step_in_epoch
+                eta = left * w["step"] / max(w["steps"], 1)
                 say(f"epoch {epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps_per_epoch} "
                     f"loss {loss:.4f} (ce {ce:.4f} cgc {cgc:.4f}) lr {lr:.4g} "
-                    f"{values['images_per_second']:.1f} img/s/worker, data wait {100 * frac:.0f}%")
-            self.window = {"step": 0.0, "wait": 0.0, "images": 0}
+                    f"{values['images_per_second']:.1f} img/s/worker, data wait {100 * frac:.0f}%, "
+                    f"ETA {_duration(eta)} (training steps)")
+            self.window = {"step": 0.0, "wait": 0.0, "images": 0, "steps": 0}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def say(line: str) -> None:

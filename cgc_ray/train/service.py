@@ -14,18 +14,23 @@ import logging
 import os
 import time
 
+import pyarrow.fs as pafs
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ..data.embedded import ensure_embedded
-from ..data.indexers import load_or_build
+from ..data.embedded import DATASETS as EMBEDDED
+from ..data.embedded import embedded_root
+from ..data.indexers import cache_uri, load_or_build
 from ..data.manifest import Manifest
 from ..data.manifest import read as read_manifest
 from ..data.pipeline import DataSettings, data_config, open_ledger, too_many_bad_images, train_dataset, val_dataset
-from ..data.storage import StorageOptions, exists, resolve, split_uri, write_bytes
+from ..data.storage import StorageOptions, exists, file_info, read_bytes, resolve, split_uri, write_bytes
+from ..evaluation.run_report import explain_checkpoint
+from .checkpoint import STATE
 from .config import ConfigError, TrainConfig, check
+from .model import build_model
 from .loop import train_loop
 
 log = logging.getLogger(__name__)
@@ -35,10 +40,18 @@ def run(cfg: TrainConfig) -> dict:
     """Train; returns (and stores next to the checkpoints) the run summary."""
     check(cfg)
     storage = StorageOptions(endpoint_url=cfg.s3_endpoint, region=cfg.s3_region)
-    if cfg.data and cfg.dataset != "embedded" and not _readable(cfg.data, storage):
+    if cfg.data and cfg.dataset not in EMBEDDED and not _readable(cfg.data, storage):
         raise ConfigError(f"--data {cfg.data} does not exist or cannot be read")
+    if cfg.weights:
+        cfg.weights = check_weights(cfg.weights, cfg.arch, storage)
+    check_resume(cfg, storage)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+        # Ray's documented logging settings, its INFO lines (every report, every Ray Data execution) off
+        # unless asked for; RAY_DATA_LOG_LEVEL reaches a local cluster's processes through their environment
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", cfg.ray_log_level)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_config=ray.LoggingConfig(log_level=cfg.ray_log_level))
+        logging.getLogger("cgc_ray").setLevel(logging.INFO)  # the job's own lines stay
+    logging.getLogger("ray.data").setLevel(cfg.ray_log_level)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job log shows our progress lines
     check(cfg, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
 
@@ -68,8 +81,10 @@ def run(cfg: TrainConfig) -> dict:
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(name=cfg.name, storage_path=run_root, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-        datasets={"train": train_dataset(train_uri, cfg.recipe, settings), "val": val_dataset(val_uri, settings)},
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             logging_config=ray.train.LoggingConfig(log_level=cfg.ray_log_level)),
+        datasets={"train": train_dataset(train_uri, cfg.recipe, settings),
+                  **{f"val_{k}": val_dataset(val_uri, settings, (k, cfg.num_workers)) for k in range(cfg.num_workers)}},
         dataset_config=data_config(settings),
     )
     print(f"run {cfg.name!r}: {cfg.arch} {cfg.recipe} (lambda {cfg.effective_lam}, tau {cfg.tau}) on "
@@ -85,13 +100,88 @@ def run(cfg: TrainConfig) -> dict:
         raise
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
-    summary.update(train_manifest=train_uri, val_manifest=val_uri)
+    summary.update(train_manifest=train_uri, val_manifest=val_uri, **_explain(cfg, summary["checkpoint"], val_uri, storage))
     write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
     print(f"checkpoints: {summary['checkpoint']}\nsummary: {_run_uri(cfg)}/summary.json\n"
           f"metrics: {_run_uri(cfg)}/metrics.jsonl (a line per epoch); live as Prometheus ray_cgc_* "
-          "series on every node's Ray metrics port\n"
-          f"final: val top-1 {summary['val_top1']:.2f}%, val CGC loss {summary['val_cgc_loss']:.4f}", flush=True)
+          "series on every node's Ray metrics port", flush=True)
+    if summary.get("heatmaps"):
+        print(f"heatmaps: {summary['heatmaps']} (Grad-CAM of the true class on {cfg.figure_images} val images)")
+    print(final_line(summary), flush=True)
     return summary
+
+
+def final_line(summary: dict) -> str:
+    """The job's last line: what a reader checks first."""
+    ch = summary.get("val_content_heatmap")
+    ch_text = (f"Content Heatmap {ch:.2f}% ({summary['val_ch_images']} images with boxes)" if ch is not None
+               else "Content Heatmap not measured (no validation boxes, or --explain-images 0)")
+    return (f"final: val top-1 {summary['val_top1']:.2f}% ({summary.get('val_images', 0)} images), {ch_text}, "
+            f"val CGC loss {summary['val_cgc_loss']:.4f}")
+
+
+def _explain(cfg: TrainConfig, checkpoint: str | None, val_uri: str, storage: StorageOptions) -> dict:
+    """Validation Content Heatmap and heatmaps.png of the final checkpoint, in
+    a task with one worker's resources (a GPU with --use-gpu)."""
+    if not cfg.explain_images or checkpoint is None:
+        return {}
+    task = ray.remote(explain_checkpoint).options(num_cpus=cfg.cpus_per_worker,
+                                                  num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)
+    return ray.get(task.remote(checkpoint, val_uri, _run_uri(cfg), image_size=cfg.image_size,
+                               max_images=cfg.explain_images, figure_images=cfg.figure_images, storage=storage))
+
+
+# Options a resumed run may change: how long it trains and how it logs and recovers; anything
+# else would make one run out of two configurations.
+RESUMABLE_CHANGES = {"epochs", "max_failures", "log_every_steps", "ray_log_level", "explain_images",
+                     "figure_images", "keep_checkpoints", "s3_endpoint", "s3_region", "reindex"}
+
+
+def check_resume(cfg: TrainConfig, storage: StorageOptions) -> None:
+    """A run continued under its name is the same run: compare with the
+    configuration stored at its start (<run>/config.json, written here on the
+    first start) and refuse other options, naming them."""
+    uri = f"{_run_uri(cfg)}/config.json"
+    try:
+        stored = json.loads(read_bytes(uri, storage))
+    except OSError:
+        stored = None
+    if stored is not None:
+        changed = sorted(k for k, v in cfg.to_dict().items()
+                         if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v)
+        if changed:
+            diff = ", ".join(f"--{k.replace('_', '-')} {stored[k]} -> {getattr(cfg, k)}" for k in changed)
+            raise ConfigError(f"run {cfg.name!r} in {cfg.storage_path} was started with other options ({diff}); "
+                              f"a run continues only with the options it started with (it may change "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))}). "
+                              "Start a new run with another --name")
+    try:
+        write_bytes(uri, json.dumps(cfg.to_dict(), indent=1).encode(), storage)
+    except OSError as e:
+        raise ConfigError(f"--storage-path {cfg.storage_path}: cannot write there ({e})") from None
+
+
+def check_weights(uri: str, arch: str, storage: StorageOptions) -> str:
+    """The state dict --weights names, checked to load weights-only and to fit
+    --arch before Ray starts: a file, or a project checkpoint folder (its
+    state.pt). Returns the file's URI."""
+    folder_state = f"{uri.rstrip('/')}/{STATE}"
+    if not _is_file(uri, storage) and _is_file(folder_state, storage):
+        uri = folder_state
+    try:
+        build_model(arch, 1000, uri, storage)  # head shapes aside, every tensor must fit
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"--weights {uri}: {e}") from None
+    return uri
+
+
+def _is_file(uri: str, storage: StorageOptions) -> bool:
+    try:
+        return file_info(uri, storage).type == pafs.FileType.File
+    except OSError:
+        return False
 
 
 def _readable(uri: str, storage: StorageOptions) -> bool:
@@ -104,9 +194,9 @@ def _readable(uri: str, storage: StorageOptions) -> bool:
 def _manifest(cfg: TrainConfig, split: str, storage: StorageOptions, given: str | None = None) -> tuple[Manifest, str]:
     if given:  # a manifest made elsewhere (a few-shot episode, a label split): read as is
         return read_manifest(given, storage), given
-    where = f"{cfg.manifest_dir.rstrip('/')}/{cfg.dataset}-{split}.parquet" if cfg.manifest_dir else None
-    root = cfg.data or (str(ensure_embedded()) if cfg.dataset == "embedded" else "")
-    return load_or_build(cfg.dataset, root, split, where, storage)
+    root = embedded_root(cfg.dataset, cfg.data) if cfg.dataset in EMBEDDED else cfg.data
+    where = cache_uri(cfg.manifest_dir, cfg.dataset, root, split) if cfg.manifest_dir else None
+    return load_or_build(cfg.dataset, root, split, where, storage, rebuild=cfg.reindex)
 
 
 def _run_uri(cfg: TrainConfig) -> str:
@@ -123,7 +213,7 @@ def _summary(cfg, result, train_m, steps_per_epoch, seconds, bad) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "epochs_done": metrics.get("epoch"), "global_step": metrics.get("global_step"),
         "val_top1": metrics.get("val_top1", float("nan")), "val_top5": metrics.get("val_top5"),
-        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")),
+        "val_cgc_loss": metrics.get("val_cgc_loss", float("nan")), "val_images": metrics.get("val_images"),
         "train_images_per_s_rank0": metrics.get("train_images_per_s"),
         "data_wait_fraction_rank0": metrics.get("data_wait_fraction"), "params_checksums": metrics.get("params_checksums"), "nodes": metrics.get("nodes"),
         "wall_seconds": round(seconds, 1), "checkpoint": _ckpt_uri(cfg, ckpt), **bad,
