@@ -26,13 +26,17 @@ def to_device(batch: dict, recipe: str, device, channels_last: bool = False) -> 
     """The objective's batch: normalised views, "aug" made here from the query
     with T's parameters, labels on the device; crop/flip stay on the CPU (the
     objective checks them there without a host sync and moves them itself)."""
-    # Ray Data hands read-only arrays (zero-copy from the object store): copy those, torch wants writable ones
-    out = {k: normalize(torch.from_numpy(np.require(batch[k], requirements="W")), device, channels_last)
-           for k in IMAGE_KEYS if k in batch}
-    out["label"] = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
+    out = {k: normalize(_tensor(batch[k]), device, channels_last) for k in IMAGE_KEYS if k in batch}
+    out["label"] = _tensor(batch["label"]).to(device, non_blocking=True)
     if "crop" in batch:
-        out["crop"], out["flip"] = torch.as_tensor(batch["crop"]), torch.as_tensor(batch["flip"])
+        out["crop"], out["flip"] = _tensor(batch["crop"]), _tensor(batch["flip"])
         query = out["image" if "image" in out else "xe"]
         out["aug"] = crop_resize_flip(query, out["crop"], out["flip"]).contiguous(
             memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return out
+
+
+def _tensor(array) -> torch.Tensor:
+    """A CPU tensor of a batch column. Ray Data hands read-only arrays (zero-copy
+    from the object store), which torch warns about: those are copied."""
+    return torch.from_numpy(np.require(array, requirements="W"))
