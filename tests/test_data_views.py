@@ -126,3 +126,41 @@ def test_draft_never_upsamples(monkeypatch):
     assert set(scales[30:]) == {1, 2}              # larger: reduced only when the crop allows it
     _, applied = real(open_image(_photo(1200, 900)), 2)
     assert applied == 2.0
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("value,expected", [(0x8080, 128), (0xFFFF, 255), (0x00FF, 0), (0x1234, 0x12)])
+def test_16_bit_grey_decodes_to_its_top_8_bits_on_every_path(value, expected):
+    """A 16-bit greyscale PNG (saved under a .JPEG name in the wild): Pillow
+    opens it as I;16 and its convert('RGB') clips it to white."""
+    from cgc_ray.data.device_decode import device_ready
+    from cgc_ray.data.views import decode_rgb, decode_train_views, val_view
+
+    data = _png(np.full((40, 40), value, dtype=np.uint16))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")  # what makes the case
+    assert np.abs(np.asarray(decode_rgb(data)).astype(int) - expected).max() <= 1
+    views = decode_train_views(data, "official", 16, 18, np.random.default_rng(0))
+    for key in ("xe", "image"):
+        assert np.abs(views[key].astype(int) - expected).max() <= 1, key
+    image, _ = val_view(decode_rgb(data), None, 18, 16)
+    assert np.abs(image.astype(int) - expected).max() <= 1
+    jpeg, h, w = device_ready(data)  # re-encoded for the device decoder from the same decode
+    assert (h, w) == (40, 40) and abs(np.asarray(Image.open(io.BytesIO(jpeg))).mean() - expected) <= 2
+
+
+def test_32_bit_modes_scale_or_are_refused_by_name():
+    from cgc_ray.data.views import BadImage, decode_rgb
+
+    wide = Image.fromarray(np.full((8, 8), 40000, dtype=np.int32), "I")
+    buf = io.BytesIO()
+    wide.save(buf, "TIFF")
+    assert np.asarray(decode_rgb(buf.getvalue()))[0, 0].tolist() == [156, 156, 156]  # 40000 >> 8
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), "F").save(buf, "TIFF")
+    with pytest.raises(BadImage, match=r"mode F"):
+        decode_rgb(buf.getvalue())

@@ -59,9 +59,25 @@ def load_rgb(img: Image.Image, scale: int = 1) -> tuple[Image.Image, float]:
             drafted = img.draft("RGB", (w // scale, h // scale))
             applied = w / drafted[1][2] if drafted else 1.0
         img.load()
-        return (img if img.mode == "RGB" else img.convert("RGB")), applied
+        return _to_rgb(img), applied
     except _ERRORS as e:
         raise BadImage(str(e) or type(e).__name__) from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode. Pillow's own convert("RGB") clips high-bit-depth grey
+    (16-bit PNG/TIFF open as I;16 or I) to white; those are scaled to 8 bits
+    (value >> 8) instead. Float pixels (mode F) have no defined scale: refused."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        if img.mode.startswith("I;16") or a.max(initial=0) > 255:  # mode I holds 8-bit data in some files
+            a = np.clip(a, 0, 65535) >> 8
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise BadImage("32-bit float pixels (Pillow mode F) have no defined 8-bit scale")
+    return img.convert("RGB")
 
 
 def decode_rgb(data: bytes) -> Image.Image:
