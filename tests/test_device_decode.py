@@ -4,6 +4,7 @@ same parameters; odd files are made decodable; bad ones are dropped."""
 import io
 
 import numpy as np
+import torch
 import pytest
 import torchvision.transforms.functional as F
 from PIL import Image
@@ -87,3 +88,29 @@ def test_pipeline_ships_bytes_and_a_training_step_runs(ray_cluster, tmp_path):
     assert batch["xe"].shape == batch["image"].shape == batch["aug"].shape == (8, 3, 64, 64)
     out = cgc_objective(torchvision.models.resnet18(num_classes=10), batch, lam=1.0)
     assert out.loss.isfinite()
+
+
+def test_a_file_the_device_refuses_is_decoded_on_the_cpu_not_dropped(picture, monkeypatch):
+    """A decoder that fails on chosen files (as nvJPEG does on some JPEG
+    variants): those rows are decoded by the CPU path, counted, and kept."""
+    import cgc_ray.data.device_decode as dd
+    from cgc_ray.data.views import decode_rgb
+
+    good, other = _jpeg(picture), _jpeg(picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    refused = {len(other)}
+    real = dd.decode_jpeg
+
+    def picky(data, **kwargs):
+        items = data if isinstance(data, list) else [data]
+        if any(len(t) in refused for t in items):
+            raise RuntimeError("nvjpeg: unsupported JPEG variant")
+        return real(data, **kwargs)
+    monkeypatch.setattr(dd, "decode_jpeg", picky)
+    raw = {"jpeg": [good, other, good], "xe_box": np.array([[0, 0, 300, 400]] * 3), "xe_flip": np.zeros(3, bool),
+           "label": np.array([0, 1, 2]), "uri": np.array(["a", "b", "c"], object)}
+    failed, fell_back = [], []
+    out = dd.decode_views(raw, "official", 32, 36, "cpu", on_failure=failed.extend, on_fallback=fell_back.extend)
+    assert out["label"].tolist() == [0, 1, 2] and not failed and fell_back == ["b"]
+    images, keep, _, fallbacks = dd._decode(raw["jpeg"], "cpu")
+    cpu = torch.from_numpy(np.array(decode_rgb(other))).permute(2, 0, 1)
+    assert keep == [0, 1, 2] and fallbacks == [1] and torch.equal(images[1], cpu)

@@ -6,9 +6,11 @@ the views there with torchvision's tensor ops (Ray-free).
 Files nvJPEG cannot take (CMYK JPEGs, PNGs named .JPEG, other formats) are
 decoded on the CPU and re-encoded as RGB JPEG (quality 95) — ImageNet has a
 few dozen such files. Files with a bad header are skipped and counted on the CPU
-like on the CPU path; one that only fails on the device (e.g. truncated) is
-dropped from its batch, logged and handed to `on_failure` (the training loop
-counts it in the run's ledger of unreadable images).
+like on the CPU path. One the device decoder refuses (a JPEG variant nvJPEG
+lacks, a truncated file) is decoded on the CPU instead, never dropped, and
+handed to `on_fallback` (the training loop counts those); only a file the CPU
+cannot decode either is dropped from its batch, logged and handed to
+`on_failure` (the loop counts it in the run's ledger of unreadable images).
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ def draw_params(h: int, w: int, recipe: str, size: int, rng: np.random.Generator
     return out
 
 
-def decode_views(raw: dict, recipe: str, size: int, resize: int, device, on_failure=None) -> dict:
+def decode_views(raw: dict, recipe: str, size: int, resize: int, device, on_failure=None, on_fallback=None) -> dict:
     """Decode raw["jpeg"] on `device` and make the views as (B, H, W, 3) uint8
-    tensors there, ready for `batches.to_device`; rows that fail are dropped
-    and passed to on_failure([(uri, reason), ...])."""
-    images, keep, failed = _decode(raw["jpeg"], device)
+    tensors there, ready for `batches.to_device`. Rows the device refuses are
+    decoded on the CPU and passed to on_fallback([uri, ...]); rows neither can
+    decode are dropped and passed to on_failure([(uri, reason), ...])."""
+    images, keep, failed, fallbacks = _decode(raw["jpeg"], device)
     uris = raw.get("uri", [f"<row {i}>" for i in range(len(raw["jpeg"]))])
+    if fallbacks and on_fallback:
+        on_fallback([str(uris[i]) for i in fallbacks])
     bad = [(str(uris[i]), f"device decode: {reason}") for i, reason in failed]
     if bad:
         (on_failure or _log)(bad)
@@ -86,17 +91,31 @@ class BadBatch(RuntimeError):
     """Not one image of a batch could be decoded."""
 
 
-def _decode(blobs, device) -> tuple[list, list[int], list[tuple[int, str]]]:
-    """Decoded images, the positions that worked, and (position, reason) of the others."""
+def _decode(blobs, device) -> tuple[list, list[int], list[tuple[int, str]], list[int]]:
+    """Decoded (3, H, W) uint8 images on `device`, the positions that worked,
+    (position, reason) of those that did not, and the positions the CPU decoded."""
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
-        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device), list(range(len(tensors))), []
-    except RuntimeError:  # one bad file fails the batched call: retry one by one
-        images, keep, failed = [None] * len(tensors), [], []
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device), list(range(len(tensors))), [], []
+    except RuntimeError:  # one file the device refuses fails the batched call: one by one
+        images, keep, failed, fallbacks = [None] * len(tensors), [], [], []
         for i, t in enumerate(tensors):
             try:
                 images[i] = decode_jpeg(t, mode=ImageReadMode.RGB, device=device)
-                keep.append(i)
             except RuntimeError as e:
-                failed.append((i, str(e).strip().splitlines()[0] if str(e).strip() else "RuntimeError"))
-        return images, keep, failed
+                images[i] = _cpu_decode(blobs[i], device)
+                if images[i] is None:
+                    failed.append((i, str(e).strip().splitlines()[0] if str(e).strip() else "RuntimeError"))
+                    continue
+                fallbacks.append(i)
+            keep.append(i)
+        return images, keep, failed, fallbacks
+
+
+def _cpu_decode(data: bytes, device) -> torch.Tensor | None:
+    """The CPU path's decode (Pillow) of a file the device refused, as (3, H, W) uint8 on `device`."""
+    try:
+        rgb = np.array(decode_rgb(data))
+    except (OSError, ValueError):  # BadImage is a ValueError
+        return None
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(device)

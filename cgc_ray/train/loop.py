@@ -83,7 +83,8 @@ def train_loop(loop_config: dict) -> None:
             "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
 
     ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=cfg.max_bad_images)
-    on_bad = functools.partial(record_bad_images, settings=ledger)  # images only the device fails on
+    on_bad = functools.partial(record_bad_images, settings=ledger)  # images neither the device nor the CPU decodes
+    cpu_decoded = []  # --gpu-decode: images the device refused, decoded on the CPU instead
 
     for epoch in range(position["epoch"], cfg.epochs):
         torch.manual_seed(cfg.seed + 1000 * epoch + rank)
@@ -97,7 +98,8 @@ def train_loop(loop_config: dict) -> None:
                 break
             wait = clock.lap()
             if cfg.gpu_decode:
-                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device, on_failure=on_bad)
+                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device, on_failure=on_bad,
+                                   on_fallback=cpu_decoded.extend)
             batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
             out = cgc_objective(net, batch, **vars(objective))
             opt.zero_grad(set_to_none=True)
@@ -116,6 +118,7 @@ def train_loop(loop_config: dict) -> None:
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
+                       gpu_decode_cpu_fallbacks=len(cpu_decoded),
                        **rank_views(model, ray.get_runtime_context().get_node_id(), device))
         if rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
