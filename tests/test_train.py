@@ -133,6 +133,17 @@ def test_other_conv_classifiers_pass(arch, layer):
     check(parse(["--arch", arch, "--layer", layer]))
 
 
+def test_a_request_the_cluster_cannot_serve_is_named():
+    """Workers that take every CPU leave none for the input pipeline: the run would hang."""
+    with pytest.raises(ConfigError, match=r"--num-workers 2 x --cpus-per-worker 1 take 2 CPUs and the input "
+                                          r"pipeline needs 1 more; the cluster has 2 \(--cpus-per-worker 0.5 fits"):
+        check(TrainConfig(num_workers=2, cpus_per_worker=1.0, batch_size=32), cluster_cpus=2.0)
+    with pytest.raises(ConfigError, match="3 x --cpus-per-worker 1 take 3 CPUs"):
+        check(TrainConfig(num_workers=3, cpus_per_worker=1.0, batch_size=33), cluster_cpus=2.0)
+    check(TrainConfig(num_workers=2, cpus_per_worker=0.5, batch_size=32), cluster_cpus=2.0)
+    check(TrainConfig(num_workers=3, cpus_per_worker=1.0, batch_size=33, autoscaling=True), cluster_cpus=2.0)
+
+
 def test_too_few_gpus_is_named():
     with pytest.raises(ConfigError, match="needs 4 GPUs; the cluster has 1"):
         check(TrainConfig(use_gpu=True, num_workers=4, batch_size=64), cluster_gpus=1.0)

@@ -53,11 +53,10 @@ from ..data.indexers import child
 from ..data.storage import StorageOptions, exists, list_dir, read_bytes, resolve, write_bytes
 from ..evaluation.run_report import checkpoint_ch
 from ..train import service
-from ..train.config import ConfigError, TrainConfig, check
+from ..train.config import DATA_CPUS, ConfigError, TrainConfig, check  # DATA_CPUS: a trial's input tasks
 from . import tables
 
 TRIAL_CPUS = 0.01  # the trial process only drives its TorchTrainer
-DATA_CPUS = 1.0    # room for a trial's Ray Data tasks, counted when sizing concurrency
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ..data.embedded import DATASETS as EMBEDDED
 from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
 
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
+DATA_CPUS = 1.0  # a run's Ray Data tasks need a CPU the workers do not hold, or the input never moves
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -117,8 +118,9 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message names the option."""
 
 
-def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
-    """Everything that can be checked without starting a worker."""
+def check(cfg: TrainConfig, cluster_gpus: float | None = None, cluster_cpus: float | None = None) -> None:
+    """Everything that can be checked without starting a worker; with the
+    cluster's GPU and CPU counts, also whether the request fits it."""
     def need(ok, message):
         if not ok:
             raise ConfigError(message)
@@ -159,6 +161,14 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None) -> None:
     need(0 <= cfg.warmup_epochs < cfg.epochs, f"--warmup-epochs must be in [0, --epochs), got {cfg.warmup_epochs}")
     _check_milestones(cfg.lr_milestones, need)
     _check_model(cfg, need)
+    if cluster_cpus is not None and not cfg.autoscaling:
+        workers = cfg.num_workers * cfg.cpus_per_worker
+        fits = (cluster_cpus - DATA_CPUS) / cfg.num_workers
+        need(cluster_cpus >= workers + DATA_CPUS,
+             f"--num-workers {cfg.num_workers} x --cpus-per-worker {cfg.cpus_per_worker:g} take {workers:g} CPUs and "
+             f"the input pipeline needs {DATA_CPUS:g} more; the cluster has {cluster_cpus:g} "
+             + (f"(--cpus-per-worker {fits:.2g} fits" if fits > 0 else "(fewer --num-workers fit")
+             + "; on a cluster that adds nodes on demand, pass --autoscaling)")
     if cfg.use_gpu and cluster_gpus is not None and not cfg.autoscaling:
         gpus = cfg.num_workers * cfg.gpus_per_worker
         need(cluster_gpus >= gpus,

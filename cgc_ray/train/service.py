@@ -53,7 +53,8 @@ def run(cfg: TrainConfig) -> dict:
         logging.getLogger("cgc_ray").setLevel(logging.INFO)  # the job's own lines stay
     logging.getLogger("ray.data").setLevel(cfg.ray_log_level)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job log shows our progress lines
-    check(cfg, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
+    resources = ray.cluster_resources()
+    check(cfg, cluster_gpus=resources.get("GPU", 0.0), cluster_cpus=resources.get("CPU", 0.0))
 
     train_m, train_uri = _manifest(cfg, cfg.train_split, storage, cfg.train_manifest)
     val_m, val_uri = _manifest(cfg, cfg.val_split, storage, cfg.val_manifest)
