@@ -62,18 +62,24 @@ def test_unreadable_weights_and_storage_fail_before_ray_starts(tmp_path):
 
 def test_a_run_resumes_only_with_the_options_it_started_with(tmp_path):
     from cgc_ray.data.storage import StorageOptions
-    from cgc_ray.train.service import check_resume
+    from cgc_ray.train.service import check_resume, write_config
 
-    first = parse(["--storage-path", str(tmp_path)])
-    check_resume(first, StorageOptions())
+    def started(argv):
+        cfg = parse(["--storage-path", str(tmp_path), *argv])
+        check_resume(cfg, StorageOptions())
+        write_config(cfg, StorageOptions())
+
+    started(["--momentum", "0.95"])  # refused before its first checkpoint: not a run yet, may change
+    started([])
     stored = json.loads((tmp_path / "cgc-run" / "config.json").read_text())
-    assert stored["momentum"] == 0.9 and stored["epochs"] == first.epochs
-    check_resume(parse(["--storage-path", str(tmp_path)]), StorageOptions())  # identical: continues
-    check_resume(parse(["--storage-path", str(tmp_path), "--epochs", "9", "--max-failures", "1"]), StorageOptions())
+    assert stored["momentum"] == 0.9 and stored["lr"] == 0.1
+    (tmp_path / "cgc-run" / "checkpoint_2026-11-30_00-00-00.000000").mkdir()  # Ray Train's checkpoint folder
+    started([])  # identical: continues
+    started(["--epochs", "9", "--max-failures", "1", "--cpus-per-worker", "0.25", "--max-bad-images", "5"])
     with pytest.raises(ConfigError, match=r"run 'cgc-run' .* was started with other options "
                                           r"\(--lr 0.1 -> 0.2, --momentum 0.9 -> 0.5\).*another --name"):
-        check_resume(parse(["--storage-path", str(tmp_path), "--momentum", "0.5", "--lr", "0.2"]), StorageOptions())
-    check_resume(parse(["--storage-path", str(tmp_path), "--momentum", "0.5", "--name", "other"]), StorageOptions())
+        started(["--momentum", "0.5", "--lr", "0.2"])
+    started(["--momentum", "0.5", "--name", "other"])
 
 
 def test_weights_from_a_project_checkpoint_folder_or_a_state_dict(tmp_path):

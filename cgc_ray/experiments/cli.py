@@ -153,7 +153,7 @@ def fit_batch(cfg: TrainConfig, train_images: int) -> TrainConfig:
 
 
 def ch_settings(args, cfg: TrainConfig) -> dict:
-    tiny = cfg.dataset == "embedded"
+    tiny = cfg.dataset in EMBEDDED
     return {"images": args.ch_images or (64 if tiny else 500),
             "short_side": args.ch_short_side or (128 if tiny else 448), "protocol": args.ch_protocol}
 

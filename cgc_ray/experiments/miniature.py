@@ -31,7 +31,9 @@ def parse(argv: list[str] | None = None) -> Request:
     p.add_argument("--datasets", default=DATASETS, help=f"embedded sets to run on (default {DATASETS})")
     p.add_argument("--lam", default=LAMBDAS, help=f"λ values of Table 10 (default {LAMBDAS})")
     p.add_argument("--seeds", default="0,1,2", help="one trial per seed of every configuration")
-    return cli.parse_request(p, argv, embedded_preset={})  # the no-argument run's preset, LAPTOP
+    # the no-argument run's preset (LAPTOP), its workers at 0.45 CPU: a trial's own share (0.01) and the
+    # input pipeline's one CPU must fit beside them on a 2-core machine
+    return cli.parse_request(p, argv, embedded_preset={"cpus_per_worker": 0.45})
 
 
 def run(req: Request) -> int:

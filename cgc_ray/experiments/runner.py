@@ -204,7 +204,8 @@ def _check_same_trials(sweep: Sweep, specs: list[dict]) -> None:
                          "re-run it with the same grid, or use another --name")
     for s in specs:
         old = stored[s["key"]]
-        changed = sorted(k for k in {*s["train"], *old["train"]} if s["train"].get(k) != old["train"].get(k))
+        # an option TrainConfig gained since the sweep started is not a change of its settings
+        changed = sorted(k for k in old["train"] if s["train"].get(k) != old["train"][k])
         if changed or s["ch"] != old["ch"]:
             raise ValueError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
                              f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
@@ -226,7 +227,12 @@ def max_concurrent_trials(resources: dict, train: dict) -> int:
     need = {"CPU": TRIAL_CPUS + DATA_CPUS + train["num_workers"] * train["cpus_per_worker"]}
     if train["use_gpu"]:
         need["GPU"] = train["num_workers"] * train["gpus_per_worker"]
-    return max(1, int(min(resources.get(k, 0.0) // v for k, v in need.items())))
+    fit = int(min(resources.get(k, 0.0) // v for k, v in need.items()))
+    if fit < 1:
+        raise ConfigError(f"one trial needs {need} (its workers, a CPU for its input pipeline and {TRIAL_CPUS} "
+                          f"for the trial itself); the cluster has {dict(resources)}: lower --num-workers or "
+                          "--cpus-per-worker, or pass --autoscaling on a cluster that grows")
+    return fit
 
 
 def load_rows(sweep: Sweep) -> list[dict]:

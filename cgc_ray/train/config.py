@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -163,11 +164,11 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None, cluster_cpus: flo
     _check_model(cfg, need)
     if cluster_cpus is not None and not cfg.autoscaling:
         workers = cfg.num_workers * cfg.cpus_per_worker
-        fits = (cluster_cpus - DATA_CPUS) / cfg.num_workers
+        fits = math.floor(100 * (cluster_cpus - DATA_CPUS) / cfg.num_workers) / 100
         need(cluster_cpus >= workers + DATA_CPUS,
              f"--num-workers {cfg.num_workers} x --cpus-per-worker {cfg.cpus_per_worker:g} take {workers:g} CPUs and "
              f"the input pipeline needs {DATA_CPUS:g} more; the cluster has {cluster_cpus:g} "
-             + (f"(--cpus-per-worker {fits:.2g} fits" if fits > 0 else "(fewer --num-workers fit")
+             + (f"(--cpus-per-worker {fits:g} fits" if fits > 0 else "(fewer --num-workers fit")
              + "; on a cluster that adds nodes on demand, pass --autoscaling)")
     if cfg.use_gpu and cluster_gpus is not None and not cfg.autoscaling:
         gpus = cfg.num_workers * cfg.gpus_per_worker
@@ -180,7 +181,7 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None, cluster_cpus: flo
 RANGES = {
     "lr": (lambda v: v > 0, "> 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"), "lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "max_bad_images": (lambda v: v >= 0, ">= 0"), "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "max_bad_images": (lambda v: v is None or v >= 0, ">= 0"), "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
     "cpus_per_worker": (lambda v: v > 0, "> 0"), "max_failures": (lambda v: v >= -1, ">= -1 (-1: no limit)"),
     "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
     "log_every_steps": (lambda v: v >= 1, ">= 1"), "image_size": (lambda v: v >= 16, ">= 16"),
@@ -243,7 +244,10 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     values.update(given)
     if values.get("dataset", "embedded") in EMBEDDED:
-        values = {**LAPTOP, **values}
+        preset = dict(LAPTOP)
+        if "warmup_epochs" not in values:  # the preset's warm-up leaves at least one full epoch
+            preset["warmup_epochs"] = min(LAPTOP["warmup_epochs"], max(0, values.get("epochs", LAPTOP["epochs"]) - 1))
+        values = {**preset, **values}
     return TrainConfig(**absolute_paths(values, PATH_FIELDS))
 
 

@@ -118,7 +118,7 @@ def train_loop(loop_config: dict) -> None:
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
-                       gpu_decode_cpu_fallbacks=len(cpu_decoded),
+                       gpu_decode_cpu_fallbacks=int(_gather(torch.tensor([len(cpu_decoded)], device=device)).sum()),
                        **rank_views(model, ray.get_runtime_context().get_node_id(), device))
         if rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "

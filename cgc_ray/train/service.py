@@ -26,7 +26,7 @@ from ..data.indexers import cache_uri, load_or_build
 from ..data.manifest import Manifest
 from ..data.manifest import read as read_manifest
 from ..data.pipeline import DataSettings, data_config, open_ledger, too_many_bad_images, train_dataset, val_dataset
-from ..data.storage import StorageOptions, exists, file_info, read_bytes, resolve, split_uri, write_bytes
+from ..data.storage import StorageOptions, exists, file_info, list_dir, read_bytes, resolve, split_uri, write_bytes
 from ..evaluation.run_report import explain_checkpoint
 from .checkpoint import STATE
 from .config import ConfigError, TrainConfig, check
@@ -68,6 +68,7 @@ def run(cfg: TrainConfig) -> dict:
                             decode_batch=cfg.decode_batch, max_bad_images=cfg.max_bad_images,
                             object_store_limit=int(cfg.object_store_limit_gb * 2**30) if cfg.object_store_limit_gb else None,
                             storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode)
+    write_config(cfg, storage)
     ledger = open_ledger(settings.ledger)
     fs, run_root = resolve(cfg.storage_path, storage)
     trainer = TorchTrainer(
@@ -101,7 +102,9 @@ def run(cfg: TrainConfig) -> dict:
         raise
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
-    summary.update(train_manifest=train_uri, val_manifest=val_uri, **_explain(cfg, summary["checkpoint"], val_uri, storage))
+    summary.update(train_manifest=train_uri, val_manifest=val_uri)
+    write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
+    summary.update(_explain(cfg, summary["checkpoint"], val_uri, storage))
     write_bytes(f"{_run_uri(cfg)}/summary.json", json.dumps(summary, indent=1).encode(), storage)
     print(f"checkpoints: {summary['checkpoint']}\nsummary: {_run_uri(cfg)}/summary.json\n"
           f"metrics: {_run_uri(cfg)}/metrics.jsonl (a line per epoch); live as Prometheus ray_cgc_* "
@@ -128,23 +131,33 @@ def _explain(cfg: TrainConfig, checkpoint: str | None, val_uri: str, storage: St
         return {}
     task = ray.remote(explain_checkpoint).options(num_cpus=cfg.cpus_per_worker,
                                                   num_gpus=cfg.gpus_per_worker if cfg.use_gpu else 0)
-    return ray.get(task.remote(checkpoint, val_uri, _run_uri(cfg), image_size=cfg.image_size,
-                               max_images=cfg.explain_images, figure_images=cfg.figure_images, storage=storage))
+    try:
+        return ray.get(task.remote(checkpoint, val_uri, _run_uri(cfg), image_size=cfg.image_size,
+                                   max_images=cfg.explain_images, figure_images=cfg.figure_images, storage=storage))
+    except Exception as e:  # the trained run stands; its figures can be made again with jobs/evaluate.py
+        log.error("the end-of-run Content Heatmap and heatmaps.png failed (%s); the checkpoint and summary.json "
+                  "are written, jobs/evaluate.py --checkpoint %s scores it", e, checkpoint)
+        return {"explain_error": str(e)}
 
 
-# Options a resumed run may change: how long it trains and how it logs and recovers; anything
-# else would make one run out of two configurations.
-RESUMABLE_CHANGES = {"epochs", "max_failures", "log_every_steps", "ray_log_level", "explain_images",
-                     "figure_images", "keep_checkpoints", "s3_endpoint", "s3_region", "reindex"}
+# Options a resumed run may change: how long it trains, where and how it runs, how it logs and
+# recovers; anything else (the model, objective, data, optimisation) would make one run out of two.
+RESUMABLE_CHANGES = {
+    "epochs", "max_failures", "log_every_steps", "ray_log_level", "explain_images", "figure_images",
+    "keep_checkpoints", "checkpoint_every_steps", "s3_endpoint", "s3_region", "reindex", "manifest_dir",
+    "max_bad_images", "num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "share_gpus",
+    "placement_strategy", "autoscaling", "gpu_decode", "decode_batch", "object_store_limit_gb", "val_batches",
+}
 
 
 def check_resume(cfg: TrainConfig, storage: StorageOptions) -> None:
-    """A run continued under its name is the same run: compare with the
-    configuration stored at its start (<run>/config.json, written here on the
-    first start) and refuse other options, naming them."""
-    uri = f"{_run_uri(cfg)}/config.json"
+    """A run continued under its name is the same run: once it has a
+    checkpoint, compare with the configuration stored when it started
+    (<run>/config.json) and refuse other options, naming them. Also makes
+    sure the run's folder can be written, before Ray starts."""
+    run = _run_uri(cfg)
     try:
-        stored = json.loads(read_bytes(uri, storage))
+        stored = json.loads(read_bytes(f"{run}/config.json", storage)) if _has_checkpoint(run, storage) else None
     except OSError:
         stored = None
     if stored is not None:
@@ -153,13 +166,28 @@ def check_resume(cfg: TrainConfig, storage: StorageOptions) -> None:
         if changed:
             diff = ", ".join(f"--{k.replace('_', '-')} {stored[k]} -> {getattr(cfg, k)}" for k in changed)
             raise ConfigError(f"run {cfg.name!r} in {cfg.storage_path} was started with other options ({diff}); "
-                              f"a run continues only with the options it started with (it may change "
-                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))}). "
-                              "Start a new run with another --name")
+                              "a run continues only with the model, objective, data and optimisation options it "
+                              "started with. Start a new run with another --name")
     try:
-        write_bytes(uri, json.dumps(cfg.to_dict(), indent=1).encode(), storage)
+        fs, path = resolve(run, storage)
+        fs.create_dir(path, recursive=True)
     except OSError as e:
         raise ConfigError(f"--storage-path {cfg.storage_path}: cannot write there ({e})") from None
+
+
+def write_config(cfg: TrainConfig, storage: StorageOptions) -> None:
+    """<run>/config.json, as the run (re)starts training: what a resumed run is compared with."""
+    try:
+        write_bytes(f"{_run_uri(cfg)}/config.json", json.dumps(cfg.to_dict(), indent=1).encode(), storage)
+    except OSError as e:
+        raise ConfigError(f"--storage-path {cfg.storage_path}: cannot write there ({e})") from None
+
+
+def _has_checkpoint(run: str, storage: StorageOptions) -> bool:
+    try:
+        return any(i.base_name.startswith("checkpoint_") for i in list_dir(run, storage))
+    except OSError:
+        return False
 
 
 def check_weights(uri: str, arch: str, storage: StorageOptions) -> str:
