@@ -92,6 +92,36 @@ def test_unknown_label_fails_at_indexing_naming_the_file(s3_server, tmp_path):
         load_or_build("imagenet", "s3://badlabel/in", "val", options=options)
 
 
+ODD_KEYS = ["photo #1.jpg", "img?v=2.jpg", "50%.jpg", "a+b;c.jpg", "café ñ.jpg", "plain.jpg"]
+
+
+def test_keys_with_url_characters_read_back_as_themselves(s3_server):
+    """'#', '?', '%', '+', ';', spaces and non-ASCII are part of an S3 key, in a
+    file name and in a class folder: every listed key indexes under its own
+    class and reads back byte for byte."""
+    from cgc_ray.data.views import decode_rgb
+
+    options, client = s3_server
+    client.create_bucket(Bucket="oddkeys")
+    sent = {}
+    for k, cls in enumerate(["plain", "type#2", "q?x", "50% off"]):
+        for name in ODD_KEYS:
+            body = io.BytesIO()
+            Image.new("RGB", (16, 12), (40 * k, 100, 7)).save(body, "JPEG")
+            key = f"set/train/{cls}/{name}"
+            client.put_object(Bucket="oddkeys", Key=key, Body=body.getvalue())
+            sent[f"s3://oddkeys/{key}"] = (cls, body.getvalue())
+    manifest, _ = load_or_build("folder", "s3://oddkeys/set", "train", options=options)
+    assert manifest.classes == sorted(["plain", "type#2", "q?x", "50% off"])
+    rows = manifest.table.to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(sent)  # nothing dropped, nothing renamed
+    for r in rows:
+        cls, body = sent[r["uri"]]
+        assert r["class_name"] == cls
+        assert storage.read_bytes(r["uri"], options) == body
+        assert decode_rgb(storage.read_bytes(r["uri"], options)).size == (16, 12)
+
+
 def _odd_files():
     """Odd but valid files and broken ones, named like ImageNet training images."""
     good = io.BytesIO()

@@ -28,11 +28,17 @@ class StorageOptions:
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """(scheme, path-within-that-filesystem); local paths have scheme ''."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # C:\ on Windows
-        return "", os.path.abspath(parsed.path if parsed.scheme == "file" else uri)
-    return parsed.scheme, (parsed.netloc + parsed.path).rstrip("/")
+    """(scheme, path-within-that-filesystem); local paths have scheme ''.
+
+    Split at "://" only, not with a URL parser: an object key is not a URL,
+    and "#", "?", "%", ";" or spaces are part of it (a parser would file
+    "photo #1.jpg" as "photo " plus a fragment). file:// URIs are local paths."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme.isalnum() or len(scheme) == 1:  # a local path (C:\ on Windows)
+        return "", os.path.abspath(uri)
+    if scheme == "file":
+        return "", os.path.abspath(rest)
+    return scheme, rest.rstrip("/")
 
 
 def join_uri(scheme: str, path: str) -> str:
