@@ -38,6 +38,7 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1"),
     (["--cpus-per-worker", "0"], "--cpus-per-worker must be > 0"),
     (["--ray-log-level", "LOUD"], "--ray-log-level must be one of"),
+    (["--max-bad-share", "1.5"], r"--max-bad-share must be in \[0, 1\]"),
     (["--use-gpu", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 with --num-workers 2 can put two DDP ranks"),
 ])
 def test_bad_options_fail_before_any_worker(argv, message):
@@ -228,6 +229,32 @@ def test_too_many_unreadable_images_end_the_job_with_one_line(ray_cluster, tmp_p
     assert rc == 2
     assert re.search(r"^error: 2 images could not be read, more than --max-bad-images 1 allows; "
                      rf"e.g. {tmp_path}/(empty|gone).JPEG \(", err, flags=re.M), err[-2000:]
+
+
+def test_an_epoch_that_trains_nothing_fails_with_the_reason(ray_cluster, tmp_path, capsys):
+    """Every training image unreadable but under the limits: no 'finished' run
+    with 0 steps, but one line saying no batch could be made."""
+    from cgc_ray.data.embedded import ensure_embedded
+    from cgc_ray.data.indexers import load_or_build
+    from cgc_ray.data.manifest import write
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import imagenet
+
+    train, _ = load_or_build("embedded", str(ensure_embedded()), "train")
+    for i in range(32):
+        (tmp_path / f"empty{i}.JPEG").write_bytes(b"")
+    rows = [{"uri": str(tmp_path / f"empty{i}.JPEG"), "label": i % 10} for i in range(32)]
+    from cgc_ray.data.manifest import build
+    write(build(rows, train.classes, "embedded", "train", train.root), str(tmp_path / "train.parquet"))
+    rc = imagenet.main([*SMALL, "--epochs", "1", "--train-manifest", str(tmp_path / "train.parquet"),
+                        "--max-bad-images", "100", "--max-bad-share", "1", "--max-failures", "0",
+                        "--storage-path", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert re.search(r"^error: an epoch of run 'cgc-run' trained on no batch: none of its 32 training images "
+                     r"could be made into a batch of 8 per worker \(32 unreadable", err, flags=re.M), err[-2000:]
+    assert not (tmp_path / "runs" / "cgc-run" / "summary.json").exists()
 
 
 def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3_server, tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ class TrainConfig:
     image_size: int = 224
     resize_size: int = 256
     max_bad_images: int = 1000
+    max_bad_share: float = 0.1         # ... and at most this share of the training images (a wrong data set)
     object_store_limit_gb: float | None = None
     decode_batch: int = 32
     gpu_decode: bool = False           # decode JPEGs on the workers' GPUs (nvJPEG) instead of the CPUs
@@ -98,6 +99,12 @@ class TrainConfig:
         if self.recipe == "baseline":
             return 0.0
         return self.lam if self.lam is not None else PAPER_LAMBDA.get(self.arch, 1.0)
+
+    def bad_image_limit(self, train_images: int) -> int | None:
+        """Unreadable images allowed: --max-bad-images, and no more than --max-bad-share of the set."""
+        limits = [v for v in (self.max_bad_images, None if self.max_bad_share is None
+                              else int(self.max_bad_share * train_images)) if v is not None]
+        return min(limits) if limits else None
 
     @property
     def effective_lr(self) -> float:
@@ -181,7 +188,8 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None, cluster_cpus: flo
 RANGES = {
     "lr": (lambda v: v > 0, "> 0"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"), "lr_gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "max_bad_images": (lambda v: v is None or v >= 0, ">= 0"), "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "max_bad_images": (lambda v: v is None or v >= 0, ">= 0"),
+    "max_bad_share": (lambda v: v is None or 0 <= v <= 1, "in [0, 1]"), "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
     "cpus_per_worker": (lambda v: v > 0, "> 0"), "max_failures": (lambda v: v >= -1, ">= -1 (-1: no limit)"),
     "checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: once per epoch)"),
     "log_every_steps": (lambda v: v >= 1, ">= 1"), "image_size": (lambda v: v >= 16, ">= 16"),

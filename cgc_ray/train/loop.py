@@ -82,7 +82,7 @@ def train_loop(loop_config: dict) -> None:
     meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
             "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
 
-    ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=cfg.max_bad_images)
+    ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=loop_config.get("max_bad_images"))
     on_bad = functools.partial(record_bad_images, settings=ledger)  # images neither the device nor the CPU decodes
     cpu_decoded = []  # --gpu-decode: images the device refused, decoded on the CPU instead
 
@@ -115,6 +115,7 @@ def train_loop(loop_config: dict) -> None:
                 _report({"epoch": epoch, "step_in_epoch": step, "global_step": global_step},
                         rank, state, (epoch, step, global_step), meta)
             clock.lap()
+        _check_steps(epoch, position["step_in_epoch"], step, steps_per_epoch, rank)
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
@@ -126,6 +127,20 @@ def train_loop(loop_config: dict) -> None:
             _log_epoch(loop_config.get("run_uri"), loop_config["storage"], metrics)
         _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
+
+
+class NoTrainingBatch(ValueError):
+    """An epoch's shard gave not one training batch (every image unreadable or skipped)."""
+
+
+def _check_steps(epoch: int, first: int, step: int, steps_per_epoch: int, rank: int) -> None:
+    """An epoch that ran fewer steps than planned says so; one that ran none fails."""
+    if step == first < steps_per_epoch:
+        raise NoTrainingBatch(f"NoTrainingBatch: epoch {epoch + 1} ran 0 of {steps_per_epoch - first} steps on rank "
+                              f"{rank}: no training batch could be made (unreadable images are skipped)")
+    if step < steps_per_epoch and rank == 0:
+        say(f"epoch {epoch + 1}: ran {step - first} of {steps_per_epoch - first} steps; the shard ended early "
+            "(unreadable images are skipped, see the log)")
 
 
 def validate(net: nn.Module, shard, cfg: TrainConfig, objective: CGCConfig, device) -> dict:

@@ -31,7 +31,7 @@ from ..evaluation.run_report import explain_checkpoint
 from .checkpoint import STATE
 from .config import ConfigError, TrainConfig, check
 from .model import build_model
-from .loop import train_loop
+from .loop import NoTrainingBatch, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_m)} training images")
 
     settings = DataSettings(image_size=cfg.image_size, resize_size=cfg.resize_size, seed=cfg.seed,
-                            decode_batch=cfg.decode_batch, max_bad_images=cfg.max_bad_images,
+                            decode_batch=cfg.decode_batch, max_bad_images=cfg.bad_image_limit(len(train_m)),
                             object_store_limit=int(cfg.object_store_limit_gb * 2**30) if cfg.object_store_limit_gb else None,
                             storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode)
     write_config(cfg, storage)
@@ -75,6 +75,7 @@ def run(cfg: TrainConfig) -> dict:
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
                            "steps_per_epoch": steps_per_epoch, "storage": storage, "ledger": settings.ledger,
+                           "max_bad_images": settings.max_bad_images,
                            "run_uri": _run_uri(cfg),
                            "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -95,10 +96,15 @@ def run(cfg: TrainConfig) -> dict:
     started = time.time()
     try:
         result = trainer.fit()
-    except Exception:
-        bad = ray.get(ledger.summary.remote())
-        if cfg.max_bad_images is not None and bad["skipped_images"] > cfg.max_bad_images:
-            raise too_many_bad_images(bad, cfg.max_bad_images) from None  # one clear line, not the workers' trace
+    except Exception as e:
+        bad, limit = ray.get(ledger.summary.remote()), settings.max_bad_images
+        if limit is not None and bad["skipped_images"] > limit:
+            raise too_many_bad_images(bad, limit) from None  # one clear line, not the workers' trace
+        if NoTrainingBatch.__name__ in str(e):
+            raise NoTrainingBatch(f"an epoch of run {cfg.name!r} trained on no batch: none of its "
+                                  f"{len(train_m)} training images could be made into a batch of "
+                                  f"{cfg.batch_size // cfg.num_workers} per worker ({bad['skipped_images']} "
+                                  f"unreadable, e.g. {bad['examples'][:1]})") from None
         raise
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
