@@ -115,3 +115,36 @@ def test_a_shared_manifest_cache_never_hands_one_root_anothers_images(tmp_path):
     where = cache_uri(cache, "folder", str(tmp_path / "A"), "train")
     assert len(load_or_build("folder", str(tmp_path / "A"), "train", where)[0]) == 32
     assert len(load_or_build("folder", str(tmp_path / "A"), "train", where, rebuild=True)[0]) == 40
+
+
+@pytest.mark.parametrize("bndbox,message", [
+    ("", r"val_xml/ILSVRC2012_val_00000001.xml: an <object> without <bndbox>"),
+    ("<bndbox><xmin>1</xmin><ymin></ymin><xmax>5</xmax><ymax>6</ymax></bndbox>",
+     r"ILSVRC2012_val_00000001.xml <object> n01: box field ymin is '', not a number"),
+    ("<bndbox><xmin>1</xmin><ymin>x</ymin><xmax>5</xmax><ymax>6</ymax></bndbox>",
+     r"ILSVRC2012_val_00000001.xml <object> n01: box field ymin is 'x', not a number"),
+])
+def test_broken_box_files_are_named_with_the_field(tmp_path, bndbox, message):
+    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
+    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
+          f"<annotation><object><name>n01</name>{bndbox}</object></annotation>")
+    with pytest.raises(ValueError, match=message):
+        load_or_build("imagenet", str(tmp_path), "val")
+
+
+def test_box_corners_in_the_wrong_order_are_put_in_order(tmp_path):
+    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
+    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
+          "<annotation><object><name>n01</name><bndbox><xmin>9</xmin><ymin>2</ymin><xmax>3</xmax><ymax>7</ymax>"
+          "</bndbox></object></annotation>")
+    manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
+    assert manifest.table.column("boxes").to_pylist() == [[[2.0, 1.0, 9.0, 7.0]]]  # VOC 3..9 x 2..7, 0-based edges
+
+
+def test_folder_boxes_file_without_a_column_is_named(tmp_path):
+    jpeg(tmp_path / "train" / "cat" / "a.jpg")
+    write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax\ncat/a.jpg,1,1,4\n")
+    with pytest.raises(ValueError, match=r"train_boxes.csv: no column ymax"):
+        load_or_build("folder", str(tmp_path), "train")

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .storage import StorageOptions, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
     ("uri", pa.string()),
@@ -49,8 +52,21 @@ class Manifest:
         return self.table.column("boxes").null_count < self.table.num_rows
 
 
-def voc_to_edges(xmin, ymin, xmax, ymax) -> list[float]:
-    return [float(xmin) - 1, float(ymin) - 1, float(xmax), float(ymax)]
+def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
+    """A 1-based inclusive VOC box as 0-based edges. Raises ValueError naming
+    `where` (the file and record) and the field for a missing or non-numeric
+    coordinate; corners given in the wrong order are put in order, with a warning."""
+    values = []
+    for name, value in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax)):
+        try:
+            values.append(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: box field {name} is {value!r}, not a number") from None
+    x0, y0, x1, y1 = values
+    if x0 > x1 or y0 > y1:
+        log.warning("%s: box corners in the wrong order %s, put in order", where, values)
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
+    return [x0 - 1, y0 - 1, x1, y1]
 
 
 def build(rows: list[dict], classes: list[str], dataset: str, split: str, root: str) -> Manifest:

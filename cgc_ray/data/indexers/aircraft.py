@@ -33,7 +33,7 @@ def index_aircraft(root: str, split: str, options: StorageOptions = StorageOptio
     box_uri = child(root, "images_box.txt")
     if exists(box_uri, options):
         for image_id, *coords in read_rows(box_uri, options, 5):
-            boxes[image_id] = [voc_to_edges(*(number(c, box_uri) for c in coords))]
+            boxes[image_id] = [voc_to_edges(*(number(c, box_uri) for c in coords), where=f"{box_uri} {image_id}")]
     list_uri = child(root, LISTS[want])
     rows = []
     for image_id, variant in read_rows(list_uri, options, 2, 1):

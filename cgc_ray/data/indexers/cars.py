@@ -40,7 +40,7 @@ def index_cars(root: str, split: str, options: StorageOptions = StorageOptions()
     for uri, box, label in records:
         if not 1 <= label <= len(classes):
             raise ValueError(f"{ann_uri}: {uri} has class {label}, not one of the {len(classes)} class names")
-        rows.append({"uri": uri, "label": label - 1, "boxes": [voc_to_edges(*box)]})
+        rows.append({"uri": uri, "label": label - 1, "boxes": [voc_to_edges(*box, where=f"{ann_uri} {uri}")]})
     return build(rows, classes, "cars", split, root)
 
 

@@ -34,9 +34,14 @@ def _boxes(csv_uri: str, split_uri: str, options: StorageOptions) -> dict[str, l
     if not exists(csv_uri, options):
         return {}
     out: dict[str, list] = {}
-    for rec in csv.DictReader(io.StringIO(read_bytes(csv_uri, options).decode())):
+    reader = csv.DictReader(io.StringIO(read_bytes(csv_uri, options).decode()))
+    missing = sorted({"path", "xmin", "ymin", "xmax", "ymax"} - set(reader.fieldnames or ()))
+    if missing:
+        raise ValueError(f"{csv_uri}: no column {', '.join(missing)} (columns: path, xmin, ymin, xmax, ymax)")
+    for rec in reader:
         uri = child(split_uri, *rec["path"].split("/"))
-        out.setdefault(uri, []).append(voc_to_edges(rec["xmin"], rec["ymin"], rec["xmax"], rec["ymax"]))
+        out.setdefault(uri, []).append(voc_to_edges(rec.get("xmin"), rec.get("ymin"), rec.get("xmax"), rec.get("ymax"),
+                                                    where=f"{csv_uri} path {rec.get('path')}"))
     return out
 
 

@@ -123,9 +123,11 @@ def parse_voc_xml(data: bytes, uri: str = "<xml>") -> dict:
         raise ValueError(f"{uri}: not a valid box XML file ({e})") from e
     objects = []
     for obj in root.iter("object"):
-        bb = obj.find("bndbox")
-        coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append((obj.findtext("name").strip(), voc_to_edges(*coords)))
+        bb, name = obj.find("bndbox"), (obj.findtext("name") or "").strip()
+        if bb is None or not name:
+            raise ValueError(f"{uri}: an <object> without {'<bndbox>' if bb is None else '<name>'}")
+        objects.append((name, voc_to_edges(*(bb.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")),
+                                           where=f"{uri} <object> {name}")))
     if not objects:
         raise ValueError(f"{uri}: no <object> in the box file")
     size = root.find("size")
@@ -141,6 +143,9 @@ def _csv_annotations(root: str, options: StorageOptions) -> dict[str, dict]:
     out = {}
     for rec in csv.DictReader(io.StringIO(read_bytes(uri, options).decode())):
         parts = rec["PredictionString"].split()
-        objects = [(parts[i], voc_to_edges(*parts[i + 1:i + 5])) for i in range(0, len(parts), 5)]
+        where = f"{uri} ImageId {rec['ImageId']}"
+        if not parts or len(parts) % 5:
+            raise ValueError(f"{where}: PredictionString holds {len(parts)} fields, not groups of 5 (wnid + box)")
+        objects = [(parts[i], voc_to_edges(*parts[i + 1:i + 5], where=where)) for i in range(0, len(parts), 5)]
         out[rec["ImageId"]] = {"wnid": objects[0][0], "objects": objects}
     return out
