@@ -29,7 +29,7 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--arch", "vit_b_16"], "--layer 'layer4' is not a module of vit_b_16"),
     (["--arch", "vit_b_16", "--layer", "encoder"], "vit_b_16 cannot run on --image-size 112 inputs"),
     (["--arch", "vit_b_16", "--layer", "encoder", "--image-size", "224", "--resize-size", "256"],
-     r"--layer encoder of vit_b_16 gives \(1, 197, 768\), not a conv feature map"),
+     r"--layer encoder of vit_b_16 gives \(2, 197, 768\), not a conv feature map"),
     (["--arch", "squeezenet1_0", "--layer", "features"], "squeezenet1_0 has no Linear classification head"),
     (["--lr", "-0.1"], r"--lr must be > 0, got -0.1"),
     (["--momentum", "1.5"], r"--momentum must be in \[0, 1\), got 1.5"),
@@ -39,6 +39,7 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--cpus-per-worker", "0"], "--cpus-per-worker must be > 0"),
     (["--ray-log-level", "LOUD"], "--ray-log-level must be one of"),
     (["--max-bad-share", "1.5"], r"--max-bad-share must be in \[0, 1\]"),
+    (["--arch", "googlenet", "--layer", "inception5b"], "--arch googlenet returns GoogLeNetOutputs in training"),
     (["--use-gpu", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 with --num-workers 2 can put two DDP ranks"),
 ])
 def test_bad_options_fail_before_any_worker(argv, message):

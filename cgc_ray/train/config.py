@@ -212,7 +212,7 @@ def _check_model(cfg: TrainConfig, need) -> None:
     output is a (N, C, H, W) feature map to explain. Checked on the meta
     device: shapes only, no memory, no weights."""
     with torch.device("meta"):
-        model = torchvision.models.get_model(cfg.arch, weights=None).eval()
+        model = torchvision.models.get_model(cfg.arch, weights=None).train()  # as training will run it
     need(any(isinstance(m, torch.nn.Linear) for m in model.modules()),
          f"--arch {cfg.arch} has no Linear classification head to replace")
     layer = dict(model.named_modules()).get(cfg.layer)
@@ -221,11 +221,13 @@ def _check_model(cfg: TrainConfig, need) -> None:
     shapes = []
     hook = layer.register_forward_hook(lambda module, args, out: shapes.append(tuple(getattr(out, "shape", ()))))
     try:
-        model(torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta"))
+        out = model(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
     except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
         hook.remove()
+    need(isinstance(out, torch.Tensor), f"--arch {cfg.arch} returns {type(out).__name__} in training (auxiliary "
+         "classifier outputs), not logits; CGC trains models whose forward returns logits")
     need(len(shapes[0]) == 4, f"--layer {cfg.layer} of {cfg.arch} gives {shapes[0]}, not a conv feature map "
          "(N, C, H, W) that Grad-CAM can explain")
 
