@@ -40,6 +40,9 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--ray-log-level", "LOUD"], "--ray-log-level must be one of"),
     (["--max-bad-share", "1.5"], r"--max-bad-share must be in \[0, 1\]"),
     (["--arch", "googlenet", "--layer", "inception5b"], "--arch googlenet returns GoogLeNetOutputs in training"),
+    (["--compile", "--cam", "autograd"], r"--compile with the autograd Grad-CAM \(--cam autograd at resnet18"),
+    (["--compile", "--arch", "vgg11", "--layer", "features"], r"--compile with the autograd Grad-CAM \(--cam auto at vgg11"),
+    (["--cam", "closed_form", "--layer", "layer3"], "--cam closed_form needs --layer layer4"),
     (["--use-gpu", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 with --num-workers 2 can put two DDP ranks"),
 ])
 def test_bad_options_fail_before_any_worker(argv, message):

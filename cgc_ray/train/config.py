@@ -15,6 +15,7 @@ import torchvision
 import yaml
 
 from ..data.embedded import DATASETS as EMBEDDED
+from ..gradcam import CamNet
 from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
 
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
@@ -226,6 +227,15 @@ def _check_model(cfg: TrainConfig, need) -> None:
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
         hook.remove()
+    net = CamNet(model, cfg.layer)
+    closed_form = net.linear_head() is not None
+    net.remove()
+    need(cfg.cam != "closed_form" or closed_form, f"--cam closed_form needs --layer layer4 followed by global average "
+         f"pooling and a Linear fc (a torchvision ResNet); {cfg.arch} --layer {cfg.layer} needs --cam autograd or auto")
+    need(not cfg.compile or cfg.cam == "closed_form" or (cfg.cam == "auto" and closed_form),
+         f"--compile with the autograd Grad-CAM (--cam {cfg.cam} at {cfg.arch} --layer {cfg.layer}) fails at the first "
+         "step: the compiled graph returns the layer's activations detached from the logits; use --cam closed_form "
+         "(layer4 of a ResNet) or drop --compile")
     need(isinstance(out, torch.Tensor), f"--arch {cfg.arch} returns {type(out).__name__} in training (auxiliary "
          "classifier outputs), not logits; CGC trains models whose forward returns logits")
     need(len(shapes[0]) == 4, f"--layer {cfg.layer} of {cfg.arch} gives {shapes[0]}, not a conv feature map "
