@@ -44,8 +44,8 @@ class CamNet(nn.Module):
         except AttributeError as e:
             names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Sequential))]
             raise ValueError(f"model has no layer {layer!r}; conv layers and blocks: {names[-8:]}") from e
-        self._caught: list[torch.Tensor] = []
-        self._hook = target.register_forward_hook(lambda _m, _i, out: self._caught.append(out))
+        self._caught: list[tuple[torch.Tensor, int]] = []
+        self._hook = target.register_forward_hook(lambda _m, _i, out: self._caught.append((out, out._version)))
 
     def remove(self) -> None:
         """Take the hook off the wrapped model."""
@@ -61,7 +61,12 @@ class CamNet(nn.Module):
         if len(self._caught) != 1:
             raise RuntimeError(f"layer {self.layer!r} ran {len(self._caught)} times in one forward; "
                                "Grad-CAM needs a layer that runs exactly once")
-        return logits, self._caught.pop()
+        feats, version = self._caught.pop()
+        if feats._version != version:  # e.g. `out += identity` or ReLU(inplace=True) after a BatchNorm
+            raise InPlaceLayer(f"layer {self.layer!r}: its output is changed in place later in the forward, so the "
+                               "map Grad-CAM would see is another layer's; explain the block or activation that "
+                               "ends the in-place chain instead (e.g. 'layer4.1' rather than 'layer4.1.bn2')")
+        return logits, feats
 
     def linear_head(self) -> nn.Linear | None:
         """The GAP + linear head that follows `layer`, if the model has that shape."""
@@ -71,6 +76,10 @@ class CamNet(nn.Module):
         if self.layer == "layer4" and isinstance(fc, nn.Linear) and is_gap:
             return fc
         return None
+
+
+class InPlaceLayer(ValueError):
+    """The explained layer's output is modified in place by a later operation."""
 
 
 def find_camnet(net: nn.Module) -> CamNet | None:

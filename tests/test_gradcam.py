@@ -96,3 +96,23 @@ def test_an_error_inside_the_objective_keeps_its_type_and_message():
                  label=torch.zeros(b, dtype=torch.int64))
     with pytest.raises(AttributeError, match="has no attribute 'aux_logits' \\(raised inside the forward\\)"):
         cgc_objective(net, batch)
+
+
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4.1.bn2"), ("vgg11", "features.18")])
+def test_a_layer_whose_output_is_changed_in_place_is_refused(arch, layer):
+    """Its hooked tensor is overwritten later (`out += identity`, ReLU(inplace=True)):
+    the map would be another layer's. A hook that keeps a clone shows the difference."""
+    from cgc_ray.gradcam import InPlaceLayer
+    from cgc_ray.train.config import ConfigError, check, parse
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, num_classes=5).eval()
+    kept = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, out: kept.append((out, out.clone())))
+    model(torch.randn(2, 3, 64, 64))
+    handle.remove()
+    assert not torch.allclose(*kept[0])  # what the plain hook would have explained is not the layer's output
+    with pytest.raises(InPlaceLayer, match=f"layer '{layer}': its output is changed in place"):
+        CamNet(model, layer)(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ConfigError, match=f"--layer {layer} of {arch}: its output is changed in place"):
+        check(parse(["--arch", arch, "--layer", layer]))

@@ -219,14 +219,22 @@ def _check_model(cfg: TrainConfig, need) -> None:
     layer = dict(model.named_modules()).get(cfg.layer)
     need(layer is not None, f"--layer {cfg.layer!r} is not a module of {cfg.arch} "
          f"(its top-level modules: {', '.join(n for n, _ in model.named_children())})")
-    shapes = []
-    hook = layer.register_forward_hook(lambda module, args, out: shapes.append(tuple(getattr(out, "shape", ()))))
+    shapes, versions = [], []
+
+    def seen(module, args, out):
+        shapes.append(tuple(getattr(out, "shape", ())))
+        versions.append((out, getattr(out, "_version", 0)))
+    hook = layer.register_forward_hook(seen)
     try:
         out = model(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
     except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
         hook.remove()
+    need(all(getattr(t, "_version", 0) == v for t, v in versions),
+         f"--layer {cfg.layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
+         "`out += identity`, ReLU(inplace=True)), so Grad-CAM would explain another layer's map; choose the block "
+         "or activation that ends the in-place chain")
     net = CamNet(model, cfg.layer)
     closed_form = net.linear_head() is not None
     net.remove()
