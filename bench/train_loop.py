@@ -96,7 +96,7 @@ def main():
                  "--num-workers", "1", "--batch-size", str(args.batch), "--image-size", str(args.image_size),
                  "--resize-size", str(args.image_size * 8 // 7), "--precision", args.precision,
                  "--val-batches", "1", "--storage-path", runs, "--name", "bench", "--log-every-steps", "1000",
-                 "--cpus-per-worker", "1"]
+                 "--cpus-per-worker", "1", "--explain-images", "0"]
         flags += ["--use-gpu"] * args.use_gpu + ["--gpu-decode"] * args.gpu_decode
         flags += ["--channels-last"] * args.channels_last + (["--data", args.data] if args.data else [])
         summary = run(parse(flags))
