@@ -6,6 +6,8 @@ checked against
 - the OpenAPI schemas of the KubeRay v1.7.0 CRDs (KUBERAY_CRDS, default
   <repo>/../shared/kuberay-crds), unknown fields rejected;
 - the KubeRay operator's own rules that a schema cannot express;
+- Ray token authentication on in every RayJob and RayCluster, the token from
+  the Secret cgc-ray-auth;
 - lint rules: no literal secrets, GPU groups with GPU limits, tolerations and a
   sized /dev/shm, pinned images, entrypoints that name a script of this repo
   and no shell operators;
@@ -279,7 +281,10 @@ def operator_errors(obj: dict) -> list[str]:
       deliberate (num-cpus "0" keeps work off the head) but wrong when it
       contradicts the pod: num-gpus must equal the nvidia.com/gpu limit, and a
       non-zero num-cpus / memory must not exceed the cpu / memory limit;
-    - autoscaler v2: pod restartPolicy Never or unset.
+    - autoscaler v2: pod restartPolicy Never or unset;
+    - authOptions (validation.go, ValidateRayClusterSpec / ValidateRayJobSpec):
+      mode token needs rayVersion >= 2.52.0; enableK8sTokenAuth needs mode
+      token, Ray >= 2.55.0 and no secretName, and is refused in a RayJob.
     """
     errs = []
     kind, name, spec = obj["kind"], obj["metadata"]["name"], obj["spec"]
@@ -321,6 +326,23 @@ def operator_errors(obj: dict) -> list[str]:
                 errs.append(f"group {gname}: rayStartParams {param} {params[param]} exceeds the {res} limit {limits[res]}")
         if v2 and g["template"]["spec"].get("restartPolicy", "Never") != "Never":
             errs.append(f"group {gname}: autoscaler v2 needs restartPolicy Never or unset")
+    auth = cluster.get("authOptions") or {}
+    k8s_auth = auth.get("enableK8sTokenAuth") is True
+    if auth.get("mode") == "token":
+        if not re.fullmatch(r"\d+\.\d+\.\d+", str(cluster.get("rayVersion", ""))):
+            errs.append(f"authOptions.mode token needs a rayVersion x.y.z, not {cluster.get('rayVersion')!r}")
+        else:
+            ray = tuple(map(int, cluster["rayVersion"].split(".")))
+            if ray < (2, 52, 0):
+                errs.append(f"authOptions.mode token needs Ray >= 2.52.0, not {cluster['rayVersion']}")
+            if k8s_auth and ray < (2, 55, 0):
+                errs.append(f"authOptions.enableK8sTokenAuth needs Ray >= 2.55.0, not {cluster['rayVersion']}")
+        if k8s_auth and auth.get("secretName"):
+            errs.append("authOptions.enableK8sTokenAuth and authOptions.secretName are exclusive")
+    elif k8s_auth:
+        errs.append("authOptions.enableK8sTokenAuth needs authOptions.mode token")
+    if kind == "RayJob" and k8s_auth:
+        errs.append("authOptions.enableK8sTokenAuth is not supported in a RayJob")
     return errs
 
 
@@ -563,6 +585,44 @@ def test_s3_credentials_come_from_the_secret():
                     assert refs == ["cgc-ray-s3"], f"{kid(kdir)} {gname}"
 
 
+AUTH_SECRET = "cgc-ray-auth"
+AUTH_ENV = re.compile(r"^RAY_AUTH_|^RAY_ENABLE_K8S_TOKEN_AUTH$")
+
+
+def auth_errors(obj: dict) -> list[str]:
+    """Ray token authentication on, with the token from the Secret cgc-ray-auth
+    (created with kubectl, k8s/README.md): authOptions exactly {mode: token,
+    secretName: cgc-ray-auth}. Without mode: token KubeRay leaves auth off
+    (IsAuthEnabled compares the mode; the CRD has no default); without
+    secretName it generates a per-cluster Secret that the README's commands do
+    not read. No Ray container sets RAY_AUTH_* itself: KubeRay keeps a
+    variable that is already there, so RAY_AUTH_MODE=disabled in a pod
+    template would switch authentication off behind authOptions' back."""
+    errs = []
+    auth = cluster_spec(obj).get("authOptions")
+    if auth != {"mode": "token", "secretName": AUTH_SECRET}:
+        errs.append(f"authOptions must be {{mode: token, secretName: {AUTH_SECRET}}}, not {auth!r}")
+    for gname, g in groups(obj):
+        pod = g["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            for e in c.get("env", []):
+                if AUTH_ENV.search(e["name"]):
+                    errs.append(f"group {gname} container {c['name']}: sets {e['name']}; leave it to authOptions")
+    return errs
+
+
+def test_token_authentication_on_every_ray_cluster():
+    checked = []
+    for kdir in KUSTOMIZATIONS:
+        for obj in rendered(kdir):
+            if obj["kind"] in RAY_KINDS:
+                assert auth_errors(obj) == [], f"{kid(kdir)}: {auth_errors(obj)}"
+                assert cluster_spec(obj)["authOptions"]["mode"] == "token", kid(kdir)
+                checked.append((kid(kdir), obj["kind"]))
+    # every shipped Ray object was looked at: 8 RayJobs (base, 4 overlays, 3 experiments), 1 RayCluster
+    assert sorted(k for _, k in checked) == ["RayCluster"] + ["RayJob"] * 8, checked
+
+
 def test_podmonitor_scrapes_every_ray_pod_on_its_metrics_port():
     (monitor,) = rendered(K8S / "monitoring")
     selector = monitor["spec"]["selector"]["matchLabels"]
@@ -670,6 +730,11 @@ def test_schema_rejects_a_typo(crd_validators):
     cluster = job(K8S / "cluster", "RayCluster")
     cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
     assert any("is not of type 'string'" in e for e in schema_errors(crd_validators["RayCluster"], cluster))
+    cluster = job(K8S / "cluster", "RayCluster")
+    cluster["spec"]["authOptions"]["mode"] = "Token"  # the enum is disabled / token
+    assert any("'Token' is not one of" in e for e in schema_errors(crd_validators["RayCluster"], cluster))
+    cluster["spec"]["authOptions"] = {"mode": "token", "secret": "cgc-ray-auth"}
+    assert any("'secret' was unexpected" in e for e in schema_errors(crd_validators["RayCluster"], cluster))
 
 
 def _set(path: str, value):
@@ -707,6 +772,41 @@ def test_operator_rule_fires(mutate, message):
     assert operator_errors(obj) == []
     mutate(obj)
     assert any(message in e for e in operator_errors(obj)), operator_errors(obj)
+
+
+@pytest.mark.parametrize("kind,mutate,message", [
+    ("RayJob", _set(f"{RJ}.rayVersion", "2.51.0"), "mode token needs Ray >= 2.52.0"),
+    ("RayJob", _set(f"{RJ}.authOptions.enableK8sTokenAuth", True), "not supported in a RayJob"),
+    ("RayCluster", _set("spec.authOptions.enableK8sTokenAuth", True), "exclusive"),
+    ("RayCluster", _set("spec.authOptions", {"mode": "disabled", "enableK8sTokenAuth": True}), "needs authOptions.mode"),
+    ("RayCluster", _set("spec.authOptions", {"mode": "token", "enableK8sTokenAuth": True}), None),
+])
+def test_operator_rule_fires_auth_options(kind, mutate, message):
+    obj = job(K8S / "cluster", kind) if kind == "RayCluster" else job()
+    assert operator_errors(obj) == []
+    mutate(obj)
+    if message is None:  # allowed: K8s-delegated auth on a RayCluster with Ray 2.60
+        assert operator_errors(obj) == []
+    else:
+        assert any(message in e for e in operator_errors(obj)), operator_errors(obj)
+
+
+@pytest.mark.parametrize("kind,mutate,message", [
+    ("RayJob", lambda o: o["spec"]["rayClusterSpec"].pop("authOptions"), "not None"),
+    ("RayJob", _set(f"{RJ}.authOptions.mode", "disabled"), "'mode': 'disabled'"),
+    ("RayCluster", lambda o: o["spec"]["authOptions"].pop("mode"), "not {'secretName'"),
+    ("RayCluster", lambda o: o["spec"]["authOptions"].pop("secretName"), "not {'mode': 'token'}"),
+    ("RayCluster", _set("spec.authOptions.secretName", "cgc-ray-s3"), "'secretName': 'cgc-ray-s3'"),
+    ("RayJob", _set(f"{WORKER_C}.env", [{"name": "RAY_AUTH_MODE", "value": "disabled"}]), "sets RAY_AUTH_MODE"),
+    ("RayCluster", _set("spec.headGroupSpec.template.spec.containers.0.env",
+                        [{"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "x", "key": "t"}}}]),
+     "sets RAY_AUTH_TOKEN"),
+])
+def test_auth_rule_fires(kind, mutate, message):
+    obj = job(K8S / "cluster", kind) if kind == "RayCluster" else job()
+    assert auth_errors(obj) == []
+    mutate(obj)
+    assert any(message in e for e in auth_errors(obj)), auth_errors(obj)
 
 
 def test_operator_rule_fires_autoscaler_v2_restart_policy():
