@@ -1,13 +1,16 @@
 """The KubeRay manifests under k8s/ and the Dockerfile that builds their image.
 
 Every kustomization is rendered by a small kustomize written here (only what
-k8s/ uses: resources, JSON 6902 patches, images, namePrefix/nameSuffix) and
-checked against
+k8s/ uses: resources, JSON 6902 patches, images, namePrefix/nameSuffix,
+replacements) and checked against
 - the OpenAPI schemas of the KubeRay v1.7.0 CRDs (KUBERAY_CRDS, default
   <repo>/../shared/kuberay-crds), unknown fields rejected;
 - the KubeRay operator's own rules that a schema cannot express;
 - Ray token authentication on in every RayJob and RayCluster, the token from
   the Secret cgc-ray-auth;
+- a NetworkPolicy per RayJob / RayCluster that selects its head pod and admits
+  exactly: the cluster's own Ray pods (every port), the KubeRay operator (GCS,
+  dashboard, client), a RayJob's submitter (dashboard), Prometheus (metrics);
 - lint rules: no literal secrets, GPU groups with GPU limits, tolerations and a
   sized /dev/shm, pinned images, entrypoints that name a script of this repo
   and no shell operators;
@@ -51,13 +54,15 @@ def kid(path: Path) -> str:
 
 # --- a small kustomize ---------------------------------------------------------
 
-KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "patches", "images", "namePrefix", "nameSuffix"}
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "patches", "images", "namePrefix", "nameSuffix",
+                    "replacements"}
 
 
 def render(kdir: Path) -> list[dict]:
     """`kustomize build kdir` for the fields above (anything else fails, so a
     kustomization cannot use a feature this renderer would silently ignore).
-    Order as kustomize: resources, patches, name prefix/suffix, images."""
+    Order as kustomize: resources, patches, name prefix/suffix, images,
+    replacements (so a replacement copies the suffixed name)."""
     k = yaml.safe_load((kdir / "kustomization.yaml").read_text())
     unknown = set(k) - KUSTOMIZE_FIELDS
     assert not unknown, f"{kdir}: the test renderer does not implement {sorted(unknown)}"
@@ -67,8 +72,7 @@ def render(kdir: Path) -> list[dict]:
         objs += render(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
     for patch in k.get("patches", []):
         assert set(patch) == {"target", "patch"}, f"{kdir}: only inline JSON 6902 patches with a target"
-        hits = [o for o in objs if all(o["kind"] == v if f == "kind" else o["metadata"]["name"] == v
-                                       for f, v in patch["target"].items())]
+        hits = [o for o in objs if selects(o, patch["target"])]
         assert hits, f"{kdir}: patch target {patch['target']} matches nothing"
         for obj in hits:
             json6902(obj, yaml.safe_load(patch["patch"]))
@@ -77,7 +81,61 @@ def render(kdir: Path) -> list[dict]:
     for image in k.get("images", []):
         for obj in objs:
             set_image(obj, image)
+    for r in k.get("replacements", []):
+        replace(objs, r, kdir)
     return objs
+
+
+def selects(obj: dict, sel: dict) -> bool:
+    assert set(sel) <= {"kind", "name"}, f"selector {sel}: only kind and name are implemented here"
+    return all(obj["kind"] == v if f == "kind" else obj["metadata"]["name"] == v for f, v in sel.items())
+
+
+def field_nodes(doc, path: str) -> list[tuple[dict | list, str | int]]:
+    """(parent, key) of every field a kustomize fieldPath names; each must exist
+    (no `create` option): dot-separated keys, `[a.b/c]` for a key with dots, an
+    index or `*` for list elements. Like kustomize, `[key]` without a dot is
+    refused (kustomize reads it as a list selector `[field=value]`, which is
+    not implemented here)."""
+    parts = re.findall(r"\[[^\]]*\]|[^.\[\]]+", path)
+    assert ".".join(parts) == path, f"fieldPath {path!r}: cannot parse"
+    fields = [({"": doc}, "")]
+    for part in parts:
+        if part.startswith("["):
+            part = part[1:-1]
+            assert "=" not in part and "." in part, f"fieldPath {path!r}: [{part}] is not a map key with dots"
+        found = []
+        for parent, key in fields:
+            node = parent[key]
+            if isinstance(node, list) and part == "*":
+                found += [(node, i) for i in range(len(node))]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                found.append((node, int(part)))
+            elif isinstance(node, dict) and part in node:
+                found.append((node, part))
+        assert found, f"fieldPath {path!r}: no field {part!r} (kustomize: unable to find field)"
+        fields = found
+    return fields
+
+
+def replace(objs: list[dict], r: dict, kdir: Path) -> None:
+    """kustomize `replacements` (inline): copy the source field (default
+    metadata.name) into every target field; the source is one object, the
+    target fields exist."""
+    assert set(r) == {"source", "targets"}, f"{kdir}: only inline replacements with source and targets"
+    sel = dict(r["source"])
+    path = sel.pop("fieldPath", "metadata.name")
+    sources = [o for o in objs if selects(o, sel)]
+    assert len(sources) == 1, f"{kdir}: replacement source {r['source']} matches {len(sources)} objects"
+    ((parent, key),) = field_nodes(sources[0], path)
+    for target in r["targets"]:
+        assert set(target) == {"select", "fieldPaths"}, f"{kdir}: replacement target options are not implemented here"
+        hits = [o for o in objs if selects(o, target["select"])]
+        assert hits, f"{kdir}: replacement target {target['select']} matches nothing"
+        for obj in hits:
+            for fp in target["fieldPaths"]:
+                for p, k in field_nodes(obj, fp):
+                    p[k] = copy.deepcopy(parent[key])
 
 
 def json6902(doc: dict, ops: list[dict]) -> None:
@@ -261,6 +319,29 @@ BUILTIN_SCHEMAS = {
                                      "type": "object", "additionalProperties": False,
                                      "properties": {"sourceLabels": {"type": "array", "items": {"type": "string"}},
                                                     "targetLabel": {"type": "string"}}}}}}}}}}},
+    "NetworkPolicy": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "networking.k8s.io/v1"}, "kind": {"const": "NetworkPolicy"},
+            "metadata": METADATA,
+            "spec": {"type": "object", "required": ["podSelector"], "additionalProperties": False, "properties": {
+                "podSelector": {"$ref": "#/$defs/selector"},
+                "policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}},
+                "ingress": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "from": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "minProperties": 1,
+                            "properties": {"podSelector": {"$ref": "#/$defs/selector"},
+                                           "namespaceSelector": {"$ref": "#/$defs/selector"}}}},
+                        "ports": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "properties": {
+                                "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                                "port": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                                                   {"type": "string", "pattern": "^[a-z0-9-]{1,15}$"}]},
+                                "endPort": {"type": "integer", "minimum": 1, "maximum": 65535}}}}}}}}}},
+        "$defs": {"selector": {"type": "object", "additionalProperties": False,
+                               "properties": {"matchLabels": STRINGS}}},
+    },
 }
 
 
@@ -623,6 +704,142 @@ def test_token_authentication_on_every_ray_cluster():
     assert sorted(k for _, k in checked) == ["RayCluster"] + ["RayJob"] * 8, checked
 
 
+# --- the head's NetworkPolicy ----------------------------------------------------
+
+CLUSTER_LABEL = "cgc-ray/cluster"
+OPERATOR_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                 "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
+PROMETHEUS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                   "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+
+
+def pod_labels(obj: dict, gname: str, group: dict) -> dict[str, str]:
+    """The labels KubeRay v1.7.0 gives a pod of this group (common/pod.go
+    labelPod): its own, then the template's, which may not override node-type,
+    group and cluster. The RayCluster of a RayJob is named <job>-xxxxx."""
+    cluster = obj["metadata"]["name"] + ("-xxxxx" if obj["kind"] == "RayJob" else "")
+    labels = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster,
+              "ray.io/node-type": "head" if gname == "head" else "worker",
+              "ray.io/group": "headgroup" if gname == "head" else gname,
+              "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    for k, v in group["template"]["metadata"].get("labels", {}).items():
+        if k not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster"):
+            labels[k] = v
+    return labels
+
+
+def head_ports(obj: dict) -> dict[str, int]:
+    """The head's ports as Ray starts them (rayStartParams or Ray's defaults),
+    which must be the head container's ports of the same name."""
+    _, head = groups(obj)[0]
+    params = head["rayStartParams"]
+    ports = {"gcs-server": int(params.get("port", 6379)), "dashboard": int(params.get("dashboard-port", 8265)),
+             "client": int(params.get("ray-client-server-port", 10001)), "metrics": int(params["metrics-export-port"])}
+    declared = {p["name"]: p["containerPort"] for p in containers(head)[0]["ports"]}
+    assert declared == ports, (f"the head container's ports {declared} are not Ray's {ports} (a port added "
+                               "to the head also needs its rule in networkpolicy.yaml and in head_policy_errors)")
+    return ports
+
+
+def rule_key(rule: dict) -> tuple:
+    """An ingress rule as (sources, ports); ports None = every port."""
+    ports = rule.get("ports")
+    return (sorted(yaml.safe_dump(peer, sort_keys=True) for peer in rule.get("from", [])),
+            None if ports is None else sorted((p.get("protocol", "TCP"), p["port"], p.get("endPort")) for p in ports))
+
+
+def head_policy_errors(obj: dict, policies: list[dict]) -> list[str]:
+    """The one NetworkPolicy that goes with a RayJob / RayCluster (same name):
+    - it selects exactly this cluster's head pod: {cgc-ray/cluster: <name>,
+      ray.io/node-type: head}; every Ray pod template carries cgc-ray/cluster
+      = the object's name (KubeRay's ray.io/cluster of a RayJob's cluster is
+      generated, so this label stands in for it), and no worker matches;
+    - policyTypes [Ingress] and exactly these ingress rules:
+      the Ray pods of the same cluster (cgc-ray/cluster and
+      ray.io/is-ray-node: yes), every port (Ray's internal ports are random);
+      the KubeRay operator (namespace kuberay-system, app.kubernetes.io/name
+      kuberay-operator) on the GCS, dashboard and client ports; a RayJob's
+      submitter pod (ray.io/originated-from-crd RayJob, -cr-name <job>) on the
+      dashboard port; Prometheus (namespace monitoring, app.kubernetes.io/name
+      prometheus) on the metrics port. Ports as Ray starts them; TCP; no
+      endPort ranges."""
+    name = obj["metadata"]["name"]
+    errs = []
+    for gname, g in groups(obj):
+        if g["template"]["metadata"].get("labels", {}).get(CLUSTER_LABEL) != name:
+            errs.append(f"group {gname}: pod label {CLUSTER_LABEL} must be {name!r}, not "
+                        f"{g['template']['metadata'].get('labels', {}).get(CLUSTER_LABEL)!r}")
+    mine = [p for p in policies if p["metadata"]["name"] == name]
+    if len(mine) != 1:
+        names = [p["metadata"]["name"] for p in policies]
+        return [*errs, f"{len(mine)} NetworkPolicies named {name!r} (want 1) among {names}"]
+    spec = mine[0]["spec"]
+    selector = {CLUSTER_LABEL: name, "ray.io/node-type": "head"}
+    if spec["podSelector"] != {"matchLabels": selector}:
+        errs.append(f"podSelector {spec['podSelector']} is not {{matchLabels: {selector}}}")
+    for gname, g in groups(obj):
+        matched = spec["podSelector"].get("matchLabels", {}).items() <= pod_labels(obj, gname, g).items()
+        if matched != (gname == "head"):
+            errs.append(f"podSelector {'selects' if matched else 'misses'} the {gname} pods")
+    if spec.get("policyTypes") != ["Ingress"]:
+        errs.append(f"policyTypes {spec.get('policyTypes')} is not [Ingress]")
+    ports = head_ports(obj)
+    same_cluster = {"podSelector": {"matchLabels": {CLUSTER_LABEL: name, "ray.io/is-ray-node": "yes"}}}
+    want = [{"from": [same_cluster]},
+            {"from": [OPERATOR_PEER], "ports": [{"protocol": "TCP", "port": ports[p]}
+                                                for p in ("gcs-server", "dashboard", "client")]},
+            {"from": [PROMETHEUS_PEER], "ports": [{"protocol": "TCP", "port": ports["metrics"]}]}]
+    if obj["kind"] == "RayJob":
+        submitter = {"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob",
+                                                     "ray.io/originated-from-cr-name": name}}}
+        want.append({"from": [submitter], "ports": [{"protocol": "TCP", "port": ports["dashboard"]}]})
+    got = sorted(map(rule_key, spec.get("ingress", [])))
+    if got != sorted(map(rule_key, want)):
+        errs.append(f"ingress rules {spec.get('ingress')} are not exactly {want}")
+    for gname, g in groups(obj):
+        if not same_cluster["podSelector"]["matchLabels"].items() <= pod_labels(obj, gname, g).items():
+            errs.append(f"the same-cluster rule does not admit the {gname} pods")
+    return errs
+
+
+def test_every_ray_cluster_has_its_head_network_policy():
+    checked = []
+    for kdir in KUSTOMIZATIONS:
+        objs = rendered(kdir)
+        policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+        for obj in [o for o in objs if o["kind"] in RAY_KINDS]:
+            assert head_policy_errors(obj, policies) == [], f"{kid(kdir)}: {head_policy_errors(obj, policies)}"
+            checked.append(kid(kdir))
+        assert len(policies) == len([o for o in objs if o["kind"] in RAY_KINDS]), f"{kid(kdir)}: a stray policy"
+    assert len(checked) == 9, checked
+
+
+def test_head_network_policy_concrete_values():
+    """The same, spelled out for the 4 x 8 job and the interactive cluster."""
+    (policy,) = [o for o in rendered(K8S / "overlays/4x8") if o["kind"] == "NetworkPolicy"]
+    assert policy["metadata"]["name"] == "cgc-r50-4x8"
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"cgc-ray/cluster": "cgc-r50-4x8",
+                                                             "ray.io/node-type": "head"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {yaml.safe_dump(r["from"], sort_keys=True): sorted(p["port"] for p in r.get("ports", [])) or "all"
+             for r in policy["spec"]["ingress"]}
+    assert rules == {
+        yaml.safe_dump([{"podSelector": {"matchLabels": {"cgc-ray/cluster": "cgc-r50-4x8",
+                                                         "ray.io/is-ray-node": "yes"}}}], sort_keys=True): "all",
+        yaml.safe_dump([OPERATOR_PEER], sort_keys=True): [6379, 8265, 10001],
+        yaml.safe_dump([{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob",
+                                                         "ray.io/originated-from-cr-name": "cgc-r50-4x8"}}}],
+                       sort_keys=True): [8265],
+        yaml.safe_dump([PROMETHEUS_PEER], sort_keys=True): [8080],
+    }
+    for _, g in groups(job(K8S / "overlays/4x8")):
+        assert g["template"]["metadata"]["labels"]["cgc-ray/cluster"] == "cgc-r50-4x8"
+    (policy,) = [o for o in rendered(K8S / "cluster") if o["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"cgc-ray/cluster": "cgc-ray", "ray.io/node-type": "head"}
+    assert sorted(sorted(p["port"] for p in r.get("ports", [])) for r in policy["spec"]["ingress"]) == \
+        [[], [6379, 8265, 10001], [8080]]
+
+
 def test_podmonitor_scrapes_every_ray_pod_on_its_metrics_port():
     (monitor,) = rendered(K8S / "monitoring")
     selector = monitor["spec"]["selector"]["matchLabels"]
@@ -719,6 +936,38 @@ def test_renderer(tmp_path):
     (tmp_path / "o" / "kustomization.yaml").write_text("resources: [../base]\ncommonLabels: {a: b}\n")
     with pytest.raises(AssertionError, match="does not implement"):
         render(tmp_path / "o")
+
+
+def test_renderer_replacements(tmp_path):
+    """kustomize 5.5 gives the same: the suffixed name lands in every target
+    field (after nameSuffix), `*` reaches every list element, `[a.b/c]` is a
+    key with dots; a field that does not exist fails, as does `[key]` without a
+    dot (kustomize reads it as a list selector)."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "kustomization.yaml").write_text("resources: [r.yaml]\n")
+    (tmp_path / "base" / "r.yaml").write_text(yaml.safe_dump_all([
+        {"kind": "RayJob", "metadata": {"name": "j"},
+         "spec": {"g": [{"labels": {"c/k": "j"}}, {"labels": {"c/k": "j"}}], "keep": "j"}},
+        {"kind": "NetworkPolicy", "metadata": {"name": "j"},
+         "spec": {"sel": {"a.b/name": "j", "other": "x"}}}]))
+    (tmp_path / "o").mkdir()
+
+    def kustomization(*paths):
+        (tmp_path / "o" / "kustomization.yaml").write_text(yaml.safe_dump({
+            "resources": ["../base"], "nameSuffix": "-s", "replacements": [{
+                "source": {"kind": "RayJob", "fieldPath": "metadata.name"},
+                "targets": [{"select": {"kind": k}, "fieldPaths": [fp]} for k, fp in paths]}]}))
+        return render(tmp_path / "o")
+
+    job_, policy = kustomization(("RayJob", "spec.g.*.labels.c/k"), ("NetworkPolicy", "spec.sel.[a.b/name]"))
+    assert job_["spec"] == {"g": [{"labels": {"c/k": "j-s"}}, {"labels": {"c/k": "j-s"}}], "keep": "j"}
+    assert policy["metadata"]["name"] == "j-s" and policy["spec"]["sel"] == {"a.b/name": "j-s", "other": "x"}
+    with pytest.raises(AssertionError, match="no field 'missing'"):
+        kustomization(("RayJob", "spec.g.0.labels.missing"))
+    with pytest.raises(AssertionError, match="not a map key with dots"):
+        kustomization(("RayJob", "spec.g.0.labels.[c/k]"))
+    with pytest.raises(AssertionError, match="matches nothing"):
+        kustomization(("Service", "spec.x"))
 
 
 def test_schema_rejects_a_typo(crd_validators):
@@ -849,3 +1098,59 @@ def test_lint_rejects_a_committed_secret():
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cgc-ray-s3"},
               "stringData": {"AWS_ACCESS_KEY_ID": "placeholder"}}
     assert any("create it with kubectl" in e for e in lint_errors(secret))
+
+
+NP = "spec"
+ING = f"{NP}.ingress"
+
+
+@pytest.mark.parametrize("kind,mutate,message", [
+    ("RayJob", _set(f"{WORKER}.template.metadata.labels.cgc-ray/cluster", "cgc-r50-4x8"),
+     "group gpu: pod label cgc-ray/cluster must be 'cgc-r50'"),
+    ("NetworkPolicy", _set("metadata.name", "cgc-r50-head"), "0 NetworkPolicies named 'cgc-r50'"),
+    ("NetworkPolicy", _set(f"{NP}.podSelector.matchLabels", {"cgc-ray/cluster": "cgc-r50"}), "selects the gpu pods"),
+    ("NetworkPolicy", _set(f"{NP}.podSelector.matchLabels", {"app.kubernetes.io/part-of": "cgc-ray",
+                                                             "ray.io/node-type": "head"}), "podSelector"),
+    ("NetworkPolicy", lambda p: p["spec"]["podSelector"]["matchLabels"].update({"ray.io/node-type": "worker"}),
+     "misses the head pods"),
+    ("NetworkPolicy", _set(f"{NP}.policyTypes", ["Ingress", "Egress"]), "policyTypes"),
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"][1].pop("ports"), "ingress rules"),  # operator on every port
+    ("NetworkPolicy", _set(f"{ING}.1.ports.2.port", 10002), "ingress rules"),
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"][1]["ports"].append({"protocol": "TCP", "port": 8080}),
+     "ingress rules"),
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"][1]["from"][0].pop("namespaceSelector"), "ingress rules"),
+    ("NetworkPolicy", _set(f"{ING}.1.from.0.namespaceSelector", {}), "ingress rules"),  # any namespace
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"].pop(2), "ingress rules"),  # no submitter: the job cannot start
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"][2]["from"][0]["podSelector"]["matchLabels"].update(
+        {"ray.io/originated-from-cr-name": "cgc-r50-1x8"}), "ingress rules"),  # another job's submitter
+    ("NetworkPolicy", _set(f"{ING}.3.ports.0.port", 8265), "ingress rules"),  # Prometheus on the dashboard
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"][3]["from"][0].pop("podSelector"), "ingress rules"),
+    ("NetworkPolicy", _set(f"{ING}.0.ports", [{"protocol": "TCP", "port": 1, "endPort": 65535}]), "ingress rules"),
+    ("NetworkPolicy", _set(f"{ING}.0.from.0.podSelector.matchLabels", {"ray.io/is-ray-node": "yes"}), "ingress rules"),
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]}), "ingress rules"),
+    ("NetworkPolicy", lambda p: p["spec"]["ingress"].append({}), "ingress rules"),  # everyone, every port
+    ("RayJob", _set(f"{RJ}.headGroupSpec.rayStartParams.dashboard-port", "8266"), "not Ray's"),
+])
+def test_head_policy_rule_fires(kind, mutate, message):
+    objs = rendered(K8S / "base")
+    (obj,) = [o for o in objs if o["kind"] == "RayJob"]
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    assert head_policy_errors(obj, policies) == []
+    mutate(obj if kind == "RayJob" else policies[0])
+    try:
+        errs = head_policy_errors(obj, policies)
+    except AssertionError as e:  # head_ports: Ray and the container disagree
+        errs = [str(e)]
+    assert any(message in e for e in errs), errs
+
+
+def test_cluster_policy_rule_fires():
+    """The interactive cluster has no submitter: a submitter rule is one too many."""
+    objs = rendered(K8S / "cluster")
+    (obj,) = [o for o in objs if o["kind"] == "RayCluster"]
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    assert head_policy_errors(obj, policies) == []
+    policies[0]["spec"]["ingress"].append(
+        {"from": [{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob"}}}],
+         "ports": [{"protocol": "TCP", "port": 8265}]})
+    assert any("ingress rules" in e for e in head_policy_errors(obj, policies))
