@@ -16,6 +16,7 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image, ImageDraw
 
@@ -44,7 +45,9 @@ def boxed_rows(manifest: Manifest, limit: int | None) -> list[int]:
 def load_boxed(manifest: Manifest, rows: list[int], storage: StorageOptions) -> tuple[list, list, list]:
     """(uint8 (H, W, 3) images, (n, 4) float64 boxes, labels) of `rows`; an
     unreadable image is left out (the training log already names it)."""
-    table = manifest.table.take(rows).to_pydict()
+    if not rows:
+        return [], [], []
+    table = manifest.table.take(pa.array(rows, type=pa.int64())).to_pydict()
 
     def one(i):
         try:
