@@ -53,9 +53,12 @@ def test_training_rows_keep_their_labels(ray_cluster):
     ds = train_dataset(uri, "official", DataSettings(image_size=SIZE, resize_size=RESIZE, seed=3))
     checked = 0
     for batch in ds.limit(48).iter_batches(batch_size=16, batch_format="numpy"):
+        refs = {u: reference_view(u).astype(np.int16) for u in batch["uri"]}
         for u, label, image in zip(batch["uri"], batch["label"], batch["image"]):
             assert label == labels[u]
-            diff = np.abs(image.astype(np.int16) - reference_view(u).astype(np.int16))
-            assert diff.mean() < 2.0, (u, diff.mean())  # the 'image' view is the row's own image
+            # the training views decode at a reduced JPEG DCT scale (views.decode_train_views): a few grey
+            # levels off the full decode; the row's own image is still by far the nearest of the batch
+            diffs = {v: np.abs(image.astype(np.int16) - ref).mean() for v, ref in refs.items()}
+            assert diffs[u] < 4.0 and min(diffs, key=diffs.get) == u, (u, diffs[u], min(diffs.values()))
             checked += 1
     assert checked == 48
