@@ -255,15 +255,19 @@ def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     """Ray Train's dataset config: split every dataset equally, with the
     object-store cap applied to the shards' execution. The options are what
     the DataContext sets, as `DataConfig.default_ingest_options()` copies them,
-    less the deprecated `exclude_resources` (copying it warns on every run)."""
+    but the deprecated `exclude_resources` only where it was set (copying the
+    default warns on every run)."""
     from ray.train import DataConfig  # noqa: PLC0415: Ray Train only where a trainer is built
 
     current = ray.data.DataContext.get_current().execution_options
     limits = current.resource_limits
     if settings.object_store_limit:
         limits = limits.copy(object_store_memory=settings.object_store_limit)
+    # exclude_resources is deprecated (setting it warns): carried over only where someone set it
+    excluded = current.exclude_resources
+    kept = {"exclude_resources": excluded} if excluded != ray.data.ExecutionResources.zero() else {}
     options = ray.data.ExecutionOptions(resource_limits=limits, preserve_order=current.preserve_order,
                                         verbose_progress=current.verbose_progress,
-                                        label_selector=current.label_selector)
+                                        label_selector=current.label_selector, **kept)
     # validation shares are made per rank (val_dataset's `part`), not split by Ray Train
     return DataConfig(datasets_to_split=["train"], execution_options=options)
