@@ -185,3 +185,36 @@ def test_a_resumed_sweep_refuses_other_trials_or_settings(tmp_path):
         runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
     with pytest.raises(ValueError, match="started with other trials"):
         runner._check_same_trials(sw, [*specs, runner.spec(sw, "b", {}, TrainConfig(), ch)])
+
+
+def test_miniature_trials_and_tables_from_literal_rows(tmp_path):
+    """The miniature's grid as plain specs, and its tables from hand-written rows."""
+    from cgc_ray.experiments import miniature, runner
+
+    req = miniature.parse(["--seeds", "0,1", "--lam", "0.5,1.0", "--storage-path", str(tmp_path)])
+    specs = miniature.trials(req, req.sweep)
+    keys = sorted(s["key"] for s in specs)
+    assert len(keys) == 2 * 2 * 4  # data sets x seeds x (baseline, CGC at 0.5 and 1.0, MSE at the preset 1.0)
+    assert "embedded_context-cgc_mse-lam1-seed1" in keys and "embedded-baseline-lam0-seed0" in keys
+    mse = next(s for s in specs if s["key"] == "embedded-cgc_mse-lam1-seed0")
+    assert (mse["train"]["consistency"], mse["train"]["lam"], mse["train"]["explain_images"]) == ("mse", 1.0, 0)
+    assert mse["ch"] == {"images": 1000, "short_side": 224, "protocol": "resize"}
+    assert runner.max_concurrent_trials({"CPU": 2.0}, mse["train"]) == 1  # 2 x 0.45 + 1 + 0.01 fits 2 cores
+
+    def row(method, lam, seed, top1, ch, loss):
+        return {"dataset": "embedded", "method": method, "lam": lam, "preset_lam": 1.0, "seed": seed,
+                "top1": top1, "ch": ch, "val_cgc_loss": loss}
+    rows = [row("baseline", 0.0, 0, 90.0, 50.0, 3.0), row("baseline", 0.0, 1, 92.0, 54.0, 3.2),
+            row("cgc", 1.0, 0, 89.0, 60.0, 2.0), row("cgc", 1.0, 1, 91.0, 66.0, 2.2),
+            row("cgc", 0.5, 0, 93.0, 58.0, 2.5), row("cgc_mse", 1.0, 0, 88.0, 40.0, 2.9)]
+    md = tables_md(miniature.table1(rows))
+    assert "| embedded | Baseline | 91.00 ± 1.41 | 52.00 ± 2.83 | 3.10 ± 0.14 |" in md
+    assert "| embedded | CGC | 90.00 ± 1.41 | 63.00 ± 4.24 | 2.10 ± 0.14 |" in md
+    assert "| embedded | Δ CGC − baseline | -1.00 ± 0.00 | 11.00 ± 1.41 | -1.00 ± 0.00 |" in md
+    assert "| embedded | MSE, no negatives | 88.00 ± n/a | 40.00 ± n/a |" in tables_md(miniature.table5(rows))
+    md10 = tables_md(miniature.table10(rows))
+    assert "| embedded | 0 | 91.00 ± 1.41 | 52.00 ± 2.83 |" in md10 and "| embedded | 0.5 | 93.00 ± n/a | 58.00 ± n/a |" in md10
+
+
+def tables_md(table) -> str:
+    return tables.to_markdown(table)
