@@ -3,8 +3,9 @@ Content Heatmap and a Grad-CAM picture, written next to the run's checkpoints.
 
 The training job calls `explain_checkpoint` once, on its final checkpoint, so
 that every run reports how well its heatmaps sit on the objects, not only its
-top-1; a sweep trial calls `checkpoint_ch` with the sweep's CH settings. It is the authors' CH protocol (`content_heatmap`, `protocol="resize"`)
-with the input's short side scaled to the run's resolution: they trained at
+top-1; a sweep trial calls `checkpoint_ch` with the sweep's CH settings.
+Both use the authors' CH protocol (`content_heatmap`, `protocol="resize"`);
+the end-of-run pass scales the input's short side to the run: they trained at
 224 and scored at a short side of 448, so a run at `image_size` scores at
 2 * image_size. The full protocol, with Insertion AUC and several checkpoints,
 is the evaluation job's (`jobs/evaluate.py`).
