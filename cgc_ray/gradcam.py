@@ -33,6 +33,12 @@ class CamNet(nn.Module):
     one call, so that DDP sees a single forward per step. The activations are
     caught by a forward hook on `layer`, so any torchvision classifier works
     unchanged (wrap the CamNet in DDP or compile it as a whole).
+
+    After each forward, `batch_coupled` says whether a BatchNorm that uses
+    batch statistics (train mode, or no running statistics) ran after `layer`:
+    then one image's logits depend on the other images' activations, and
+    Grad-CAM must take each image's own gradient (`gradcam_autograd(...,
+    per_image=True)`). ResNet's layer4 is never coupled; layer3 in training is.
     """
 
     def __init__(self, model: nn.Module, layer: str = "layer4"):
@@ -45,11 +51,20 @@ class CamNet(nn.Module):
             names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Sequential))]
             raise ValueError(f"model has no layer {layer!r}; conv layers and blocks: {names[-8:]}") from e
         self._caught: list[tuple[torch.Tensor, int]] = []
-        self._hook = target.register_forward_hook(lambda _m, _i, out: self._caught.append((out, out._version)))
+        self.batch_coupled = False
+        self._hooks = [target.register_forward_hook(lambda _m, _i, out: self._caught.append((out, out._version)))]
+        self._hooks += [m.register_forward_pre_hook(self._saw_norm) for m in model.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def remove(self) -> None:
-        """Take the hook off the wrapped model."""
-        self._hook.remove()
+        """Take the hooks off the wrapped model."""
+        for hook in self._hooks:
+            hook.remove()
+
+    def _saw_norm(self, norm: nn.Module, _inputs) -> None:
+        # BatchNorm normalises with batch statistics in training or without running ones
+        if self._caught and (norm.training or norm.running_mean is None):
+            self.batch_coupled = True
 
     def forward(self, x: torch.Tensor, *more: torch.Tensor):
         pairs = [self._one(v) for v in (x, *more)]
@@ -57,6 +72,7 @@ class CamNet(nn.Module):
 
     def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._caught.clear()
+        self.batch_coupled = False
         logits = self.model(x)
         if len(self._caught) != 1:
             raise RuntimeError(f"layer {self.layer!r} ran {len(self._caught)} times in one forward; "
@@ -101,12 +117,43 @@ def unwrap(net: nn.Module) -> CamNet:
     return found
 
 
-def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM (B, h, w) for class `target` (B,), differentiable (create_graph)."""
-    score = logits.gather(1, target[:, None]).sum()
-    grad, = torch.autograd.grad(score, feats, create_graph=True)
+def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Tensor,
+                     per_image: bool = False) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017, Eq. 1-2), differentiable (create_graph).
+
+    logits: (B, classes); feats: (B, K, h, w) activations `logits` were computed
+    from; target: int64 (B,) class per image. Returns float32 (B, h, w).
+
+    per_image=False differentiates the sum of the B target logits at once:
+    exact when image i's logits depend on feats[i] alone. Where they do not
+    (a batch-statistics BatchNorm after the layer: `CamNet.batch_coupled`),
+    per_image=True takes the diagonal blocks d logit_i / d feats[i] of the
+    Jacobian, vectorised over images (B backward passes' work, in chunks of
+    at most ~PER_IMAGE_ELEMENTS gradient elements), so no image's map depends
+    on another image's target.
+    """
+    score = logits.gather(1, target[:, None])[:, 0]
+    grad = _per_image_grad(score, feats) if per_image else torch.autograd.grad(score.sum(), feats, create_graph=True)[0]
     weights = fp32(grad).mean(dim=(2, 3), keepdim=True)
     return F.relu((weights * fp32(feats)).sum(1))
+
+
+PER_IMAGE_ELEMENTS = 1 << 26  # 256 MiB of fp32 gradients per chunk
+
+
+def _per_image_grad(score: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """d score[i] / d feats[i] for every i: (B, K, h, w)."""
+    b = score.shape[0]
+    eye = torch.eye(b, dtype=score.dtype, device=score.device)
+    chunk = max(1, PER_IMAGE_ELEMENTS // feats.numel())
+    rows = []
+    for start in range(0, b, chunk):
+        sel = eye[start:start + chunk]  # (c, B): one-hot rows for images start..start+c
+        grads, = torch.autograd.grad(score, feats, grad_outputs=sel, is_grads_batched=True,
+                                     create_graph=True, retain_graph=True)
+        idx = torch.arange(start, start + sel.shape[0], device=feats.device)
+        rows.append(grads[torch.arange(sel.shape[0], device=feats.device), idx])
+    return torch.cat(rows)
 
 
 def gradcam_closed_form(feats: torch.Tensor, fc_weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ whatever the autocast dtype of the forwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -130,12 +131,13 @@ def _ce(logits, label):
 
 
 def _cam_fn(net: nn.Module, method: str):
-    fc = unwrap(net).linear_head()
+    camnet = unwrap(net)
+    fc = camnet.linear_head()
     if method == "closed_form" and fc is None:
         raise ValueError("cam='closed_form' needs layer4 followed by global average pooling "
                          "and a linear fc (a torchvision ResNet); use cam='autograd'")
     if method == "autograd" or fc is None:
-        return gradcam_autograd
+        return functools.partial(gradcam_autograd, per_image=camnet.batch_coupled)
     return lambda logits, feats, target: gradcam_closed_form(feats, fc.weight, target)
 
 

@@ -116,3 +116,88 @@ def test_a_layer_whose_output_is_changed_in_place_is_refused(arch, layer):
         CamNet(model, layer)(torch.randn(2, 3, 64, 64))
     with pytest.raises(ConfigError, match=f"--layer {layer} of {arch}: its output is changed in place"):
         check(parse(["--arch", arch, "--layer", layer]))
+
+
+def _own_gradient_gradcam(model, layer, x, target):
+    """Reference: image i's map from d logit_i[target_i] / d A_i alone, one
+    backward pass per image (the definition, with no batching tricks)."""
+    kept = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, out: kept.append(out))
+    logits = model(x)
+    handle.remove()
+    feats = kept[0]
+    maps = []
+    for i in range(x.shape[0]):
+        grad, = torch.autograd.grad(logits[i, target[i]], feats, retain_graph=True)
+        weights = grad[i].mean(dim=(1, 2), keepdim=True)
+        maps.append(torch.relu((weights * feats[i]).sum(0)))
+    return torch.stack(maps).detach()
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer2"])
+def test_train_mode_gradcam_of_one_image_ignores_the_others_targets(layer):
+    """Issue 14.4: with batch-statistics BatchNorm after the layer, the summed
+    gradient mixes images; each map must be the image's own gradient."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    x = torch.randn(4, 3, 64, 64)
+    maps = {}
+    for name, target in {"a": torch.tensor([0, 1, 2, 3]), "b": torch.tensor([0, 1, 2, 9])}.items():
+        net = CamNet(model, layer)
+        logits, feats = net(x)
+        assert net.batch_coupled
+        maps[name] = gradcam_autograd(logits, feats, target, per_image=net.batch_coupled).detach()
+        net.remove()
+        expected = _own_gradient_gradcam(model, layer, x, target)
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(maps[name], expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item())
+    torch.testing.assert_close(maps["a"][:3], maps["b"][:3], rtol=0, atol=1e-6 * maps["a"].abs().max().item())
+    assert not torch.allclose(maps["a"][3], maps["b"][3])
+
+
+def test_summed_gradient_would_mix_images_in_train_mode():
+    """The case the per-image path exists for: the summed gradient at layer3
+    moves image 0's map when only image 3's target changes."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    x = torch.randn(4, 3, 64, 64)
+    net = CamNet(model, "layer3")
+    maps = []
+    for target in (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 9])):
+        logits, feats = net(x)
+        maps.append(gradcam_autograd(logits, feats, target).detach())
+    net.remove()
+    assert (maps[0][0] - maps[1][0]).abs().max() > 0.01 * maps[0][0].abs().max()
+
+
+@pytest.mark.parametrize("layer,train,coupled", [("layer4", True, False), ("layer3", True, True),
+                                                  ("layer3", False, False)])
+def test_batch_coupling_is_detected_where_batch_statistics_follow_the_layer(layer, train, coupled):
+    model = torchvision.models.resnet18(num_classes=10).train(train)
+    net = CamNet(model, layer)
+    net(torch.randn(2, 3, 64, 64))
+    net.remove()
+    assert net.batch_coupled is coupled
+
+
+def test_per_image_gradcam_equals_captum_where_images_are_independent(resnet):
+    model, x, target = resnet  # eval mode: running statistics, no coupling
+    expected = LayerGradCam(model, model.layer3).attribute(x, target=target, relu_attributions=True)[:, 0]
+    net = CamNet(model, "layer3")
+    logits, feats = net(x)
+    net.remove()
+    torch.testing.assert_close(gradcam_autograd(logits, feats, target, per_image=True), expected,
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_per_image_gradcam_in_chunks_equals_one_pass(monkeypatch):
+    import cgc_ray.gradcam as gradcam
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    x, target = torch.randn(5, 3, 64, 64), torch.tensor([1, 2, 3, 4, 5])
+    net = CamNet(model, "layer3")
+    logits, feats = net(x)
+    net.remove()
+    whole = gradcam_autograd(logits, feats, target, per_image=True)
+    monkeypatch.setattr(gradcam, "PER_IMAGE_ELEMENTS", 2 * feats.numel())  # chunks of 2, 2, 1 images
+    torch.testing.assert_close(gradcam_autograd(logits, feats, target, per_image=True), whole, rtol=1e-5, atol=1e-9)

@@ -44,6 +44,7 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--compile", "--arch", "vgg11", "--layer", "features"], r"--compile with the autograd Grad-CAM \(--cam auto at vgg11"),
     (["--cam", "closed_form", "--layer", "layer3"], "--cam closed_form needs --layer layer4"),
     (["--use-gpu", "--gpus-per-worker", "0.5"], "--gpus-per-worker 0.5 with --num-workers 2 can put two DDP ranks"),
+    (["--use-gpu", "--sync-bn", "--layer", "layer3"], "--sync-bn with --layer layer3 of resnet18: a batch-statistics"),
 ])
 def test_bad_options_fail_before_any_worker(argv, message):
     with pytest.raises(ConfigError, match=message):
@@ -52,6 +53,7 @@ def test_bad_options_fail_before_any_worker(argv, message):
 
 def test_shared_gpus_only_when_asked_for():
     check(parse(["--use-gpu", "--gpus-per-worker", "0.5", "--share-gpus"]))
+    check(parse(["--use-gpu", "--sync-bn"]))  # layer4: no BatchNorm after it
     check(parse(["--use-gpu", "--gpus-per-worker", "0.25", "--num-workers", "1", "--batch-size", "16"]))
 
 
@@ -211,6 +213,31 @@ def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkey
     assert "summary: " in out and "checkpoints: " in out and "runs/cgc-run/metrics.jsonl (a line per epoch)" in out
     assert re.search(r"^final: val top-1 \d+\.\d\d% \(160 images\), Content Heatmap \d+\.\d\d% "
                      r"\(160 images with boxes\)", out, flags=re.M), out[-1500:]
+
+
+def test_a_run_at_layer3_trains_validates_and_explains(ray_cluster, tmp_path):
+    """Issue 14.5: any valid layer with --cam auto (autograd Grad-CAM here,
+    per-image in training: batch-statistics BatchNorm follows layer3) gets
+    through training, validation and the end-of-run Content Heatmap."""
+    from cgc_ray.data.embedded import ensure_embedded
+    from cgc_ray.data.indexers import load_or_build
+    from cgc_ray.data.manifest import build, write
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import imagenet
+
+    train, _ = load_or_build("embedded", str(ensure_embedded()), "train")
+    rows = train.table.slice(0, 64).to_pylist()
+    write(build(rows, train.classes, "embedded", "train", train.root), str(tmp_path / "train.parquet"))
+    rc = imagenet.main([*SMALL, "--epochs", "1", "--layer", "layer3", "--train-manifest", str(tmp_path / "train.parquet"),
+                        "--explain-images", "16", "--figure-images", "4", "--max-failures", "0",
+                        "--storage-path", str(tmp_path / "runs")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "runs" / "cgc-run" / "summary.json").read_text())
+    assert summary["config"]["layer"] == "layer3" and summary["epochs_done"] == 1
+    assert summary["global_step"] == summary["steps_per_epoch"] == 4  # 64 images, 16 a step
+    assert summary["val_images"] > 0 and summary["val_cgc_loss"] > 0
+    assert summary["val_ch_images"] == 16 and 0 < summary["val_content_heatmap"] <= 100
 
 
 def test_too_many_unreadable_images_end_the_job_with_one_line(ray_cluster, tmp_path, capsys):

@@ -23,7 +23,8 @@ centre-crop 224, boxes mapped into the crop and clipped, CH on the 224 map;
 Boxes are [x0, y0, x1, y1], 0-based half-open pixel edges in ORIGINAL image
 pixels; a pixel counts as inside when its centre is, i.e. x0 <= x < x1 and
 y0 <= y < y1 for integer edges. Boxes that leave the image are clamped to it
-and counted.
+and counted; an image none of whose boxes has area inside it is not scored
+(CH NaN, counted as "no usable box"), rather than scored 0.
 
 `content_heatmap_single` is the reference (one image per forward);
 `content_heatmap` groups the images by input shape and runs each group in
@@ -32,6 +33,7 @@ batches on the model's device, with the same results.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -50,12 +52,18 @@ PROTOCOLS = ("resize", "center_crop", "squash")
 
 @dataclass
 class ContentHeatmapResult:
-    ch: torch.Tensor  # (N,) float64, CH of each image in [0, 1]
+    ch: torch.Tensor  # (N,) float64, CH of each image in [0, 1]; NaN: no box with area inside the image
     clamped: int      # boxes that had to be clamped to their image
 
     @property
+    def unusable(self) -> int:
+        """Images not scored: none of their boxes has any area inside the image."""
+        return int(self.ch.isnan().sum())
+
+    @property
     def mean_percent(self) -> float:
-        return 100.0 * float(self.ch.mean())
+        """Mean CH in percent over the scored images (NaN when none was)."""
+        return 100.0 * float(self.ch.nanmean())
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,13 @@ def _resize_crop_normalize(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     x = TF.resize(x, list(geom.resize), antialias=True)
     top, left, h, w = geom.crop
     return TF.normalize(x[..., top:top + h, left:left + w], MEAN, STD)
+
+
+def usable(boxes, height: int, width: int) -> bool:
+    """Whether any of the boxes (n, 4) has area inside a height x width image:
+    an image without one has no content to score (CH NaN, counted), not CH 0."""
+    b, _ = clamp_boxes(boxes, height, width)
+    return bool(((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).any())
 
 
 def clamp_boxes(boxes, height: int, width: int) -> tuple[torch.Tensor, int]:
@@ -226,7 +241,7 @@ def class_gradcam(net: CamNet, x: torch.Tensor, target: torch.Tensor) -> tuple[t
             return logits, gradcam_closed_form(feats, fc.weight, target)
     with torch.enable_grad():
         logits, feats = net(x.detach().requires_grad_())
-        cam = gradcam_autograd(logits, feats, target)
+        cam = gradcam_autograd(logits, feats, target, per_image=net.batch_coupled)
     return logits.detach(), cam.detach()
 
 
@@ -242,11 +257,13 @@ def content_heatmap_single(model: nn.Module, image, boxes, label: int, *, layer:
     device = model_device(model)
     size = image_size(image)
     geom = geometry(*size, protocol=protocol, short_side=short_side)
-    boxes, clamped = heatmap_boxes(boxes, size, geom)
+    mapped, clamped = heatmap_boxes(boxes, size, geom)
     with (evaluating(model) if eval_mode else nullcontext()), cam_net(model, layer) as net:
         x = preprocess(image, geom, device)[None]
         _, cam = class_gradcam(net, x, torch.tensor([int(label)], device=device))
-    return float(content(cam[0], box_mask(boxes, *geom.heat, device))), clamped
+    if not usable(boxes, *size):
+        return math.nan, clamped
+    return float(content(cam[0], box_mask(mapped, *geom.heat, device))), clamped
 
 
 def content_heatmap(model: nn.Module, images, boxes, labels, *, layer: str = "layer4",
@@ -304,7 +321,8 @@ def _box_mass(cams: torch.Tensor, boxes: list, size: tuple[int, int], geom: Geom
     mapped = mapped.reshape(padded.shape).to(cams.device)
     step = max(1, MAX_MASS_ELEMENTS // (geom.heat[0] * geom.heat[1]))
     mass = [contents(cams[s:s + step], box_masks(mapped[s:s + step], *geom.heat)) for s in range(0, len(boxes), step)]
-    return torch.cat(mass), clamped
+    scored = torch.tensor([usable(b, *size) for b in per_image], device=cams.device)
+    return torch.cat(mass).masked_fill(~scored, math.nan), clamped
 
 
 def _by_size(chunk: list[int], sizes: list[tuple[int, int]]) -> list[list[int]]:

@@ -94,6 +94,7 @@ class TrainConfig:
     max_failures: int = 3
     log_every_steps: int = 10
     ray_log_level: str = "WARNING"     # Ray's own log lines from the job's processes (INFO shows every report)
+    stall_seconds: float = 120.0       # log what the run waits for after this long without progress (0: off)
 
     @property
     def effective_lam(self) -> float:
@@ -198,6 +199,7 @@ RANGES = {
     "explain_images": (lambda v: v >= 0, ">= 0 (0: off)"), "figure_images": (lambda v: v >= 0, ">= 0"),
     "val_batches": (lambda v: v is None or v >= 1, ">= 1"), "block_size": (lambda v: v is None or v >= 2, ">= 2"),
     "object_store_limit_gb": (lambda v: v is None or v > 0, "> 0"),
+    "stall_seconds": (lambda v: v >= 0, ">= 0 (0: off)"),
     "ray_log_level": (lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"), "one of DEBUG, INFO, WARNING, ERROR"),
 }
 
@@ -225,19 +227,23 @@ def _check_model(cfg: TrainConfig, need) -> None:
         shapes.append(tuple(getattr(out, "shape", ())))
         versions.append((out, getattr(out, "_version", 0)))
     hook = layer.register_forward_hook(seen)
+    net = CamNet(model, cfg.layer)  # its hooks see what training will: closed form, BatchNorm after the layer
     try:
         out = model(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
     except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
         hook.remove()
+        net.remove()
     need(all(getattr(t, "_version", 0) == v for t, v in versions),
          f"--layer {cfg.layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
          "`out += identity`, ReLU(inplace=True)), so Grad-CAM would explain another layer's map; choose the block "
          "or activation that ends the in-place chain")
-    net = CamNet(model, cfg.layer)
     closed_form = net.linear_head() is not None
-    net.remove()
+    need(not (cfg.sync_bn and net.batch_coupled),
+         f"--sync-bn with --layer {cfg.layer} of {cfg.arch}: a batch-statistics BatchNorm follows the layer, so "
+         "each image's Grad-CAM is taken from its own gradient (a batched backward), which SyncBatchNorm's "
+         "cross-GPU backward does not support; drop --sync-bn or explain a layer after the last BatchNorm")
     need(cfg.cam != "closed_form" or closed_form, f"--cam closed_form needs --layer layer4 followed by global average "
          f"pooling and a Linear fc (a torchvision ResNet); {cfg.arch} --layer {cfg.layer} needs --cam autograd or auto")
     need(not cfg.compile or cfg.cam == "closed_form" or (cfg.cam == "auto" and closed_form),
