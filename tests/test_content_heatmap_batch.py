@@ -3,6 +3,7 @@ uint8 and float images of one size in one resize, images without boxes, the
 box-mass step sliced to bound memory; each against the one-image protocol."""
 
 import importlib
+import math
 
 import pytest
 import torch
@@ -38,5 +39,19 @@ def test_mixed_dtypes_no_boxes_and_sliced_mass_equal_single(resnet, monkeypatch)
     # input 48x72: batches [0, 1, 2, 3] (30x45 in slices of 2 and 1; 60x90 alone) and [4]; 45x30: [5]
     assert slices == [2, 1, 1, 1, 1]
     expected = torch.tensor([s[0] for s in single], dtype=torch.float64)
-    torch.testing.assert_close(res.ch, expected, rtol=0, atol=1e-6)
-    assert res.ch[2] == 0 and res.clamped == sum(s[1] for s in single) == 1
+    torch.testing.assert_close(res.ch, expected, rtol=0, atol=1e-6, equal_nan=True)
+    assert res.ch[2].isnan() and res.unusable == 1  # no box: not scored, not CH 0
+    assert res.clamped == sum(s[1] for s in single) == 1
+
+
+def test_an_image_whose_boxes_have_no_area_inside_it_is_not_scored(resnet):
+    """Issue 14.6: a box wholly outside its image (or of zero width) would
+    score CH 0; it is counted as no usable box and left out of the mean."""
+    images = [uint8(30, 45, 1), uint8(30, 45, 2), uint8(30, 45, 3), uint8(30, 45, 4)]
+    boxes = [[[0, 0, 20, 20]], [[50, 0, 70, 20]], [[10, 31, 20, 40]], [[5, 5, 5, 25], [0, 0, 10, 10]]]
+    labels = [1, 2, 3, 0]
+    res = content_heatmap(resnet, images, boxes, labels, short_side=48)
+    assert res.ch[1].isnan() and res.ch[2].isnan() and res.unusable == 2
+    inside = [content_heatmap_single(resnet, images[i], boxes[i], labels[i], short_side=48)[0] for i in (0, 3)]
+    assert 0 < min(inside) and res.mean_percent == pytest.approx(100 * sum(inside) / 2, abs=1e-4)
+    assert math.isnan(content_heatmap_single(resnet, images[1], boxes[1], 2, short_side=48)[0])

@@ -107,7 +107,9 @@ def embedded_val():
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory, embedded_val):
-    """9 embedded images and an unreadable file at row 2; row 4's box leaves its image."""
+    """9 embedded images and an unreadable file at row 2; row 4's box leaves its
+    image; row 6's only box lies wholly right of its image (size unknown to the
+    manifest, so only the decoded image shows it: no usable box)."""
     folder = tmp_path_factory.mktemp("small")
     rows = embedded_val.table.slice(0, 9).to_pylist()
     for r in rows:
@@ -117,6 +119,8 @@ def small_set(tmp_path_factory, embedded_val):
     rows.insert(2, {"uri": str(bad), "label": 3, "boxes": [[0, 0, 5, 5]]})
     h, w = read_image(rows[4]["uri"]).shape[:2]
     rows[4]["boxes"] = [[-10.0, -5.0, w + 7.0, 30.0], *rows[4]["boxes"]]
+    w6 = read_image(rows[6]["uri"]).shape[1]
+    rows[6].update(boxes=[[w6 + 3.0, 0.0, w6 + 20.0, 10.0]], width=None, height=None)
     return build(rows, WNIDS, "embedded", "val", str(folder))
 
 
@@ -148,7 +152,9 @@ def test_distributed_results_equal_the_one_image_core(ray_cluster, ckpts, small_
     ch = [content_heatmap_single(model, im, rows[i]["boxes"], rows[i]["label"], short_side=224)
           for i, im in zip(kept, images)]
     np.testing.assert_allclose([ch_got[i] for i in kept], [c for c, _ in ch], rtol=0, atol=1e-5)
-    assert got["clamped"].tolist() == [n for _, n in ch] == [0, 0, 0, 1, 0, 0, 0, 0, 0]  # manifest row 4
+    assert got["clamped"].tolist() == [n for _, n in ch] == [0, 0, 0, 1, 0, 1, 0, 0, 0]  # manifest rows 4, 6
+    assert np.isnan(ch_got[6]) and not np.isnan([ch_got[i] for i in kept if i != 6]).any()  # not CH 0
+    assert got["no_usable_box"].tolist() == [i == 6 for i in kept]
 
     iauc = [insertion_auc_single(model, squash(im), y, step=STEP)[0] for im, y in zip(images[:2], labels[:2])]
     np.testing.assert_allclose(got["iauc_0"][:2], iauc, rtol=0, atol=1e-5)
@@ -335,10 +341,14 @@ def test_unrel_accuracy_and_ch_with_s3_checkpoint_and_output(ray_cluster, s3_ser
 
 @pytest.fixture(scope="module")
 def unboxed(tmp_path_factory, embedded_val):
-    """A manifest of 6 embedded images, rows 1 and 4 without boxes (their class absent from the annotation)."""
+    """A manifest of 6 embedded images, rows 1 and 4 without boxes (their class
+    absent from the annotation; row 4's only box lies outside the image size
+    the annotation gives), row 3's only box outside its decoded image (size
+    not in the manifest)."""
     rows = embedded_val.table.slice(0, 6).to_pylist()
-    for i in (1, 4):
-        rows[i]["boxes"] = None
+    rows[1]["boxes"] = None
+    rows[4].update(boxes=[[-30.0, 0.0, -1.0, 10.0]], width=rows[4]["width"] or 64, height=rows[4]["height"] or 64)
+    rows[3].update(boxes=[[0.0, 1000.0, 10.0, 1010.0]], width=None, height=None)
     path = str(tmp_path_factory.mktemp("unboxed") / "val.parquet")
     write_manifest(build(rows, WNIDS, "embedded", "val", embedded_val.root), path)
     return path, [rows[i]["uri"] for i in (1, 4)]
@@ -363,8 +373,9 @@ def test_bad_checkpoints_and_unboxed_images_are_named(ckpts, misfits, unboxed, t
         job.run(job.EvalConfig(checkpoints=(ckpts["cgc"], misfits[0]), **base))
     with pytest.raises(job.EvalError, match=rf"--checkpoint {misfits[1]}: the checkpoint's classes lack 6 of"):
         job.run(job.EvalConfig(checkpoints=(misfits[1],), **base))
-    with pytest.raises(job.EvalError, match=rf"Content Heatmap needs boxes: 2 of 6 images have none "
-                                            rf"for their class, e.g. {missing[0]}, {missing[1]}; pass --skip-bad"):
+    with pytest.raises(job.EvalError, match=rf"Content Heatmap needs boxes: 2 of 6 images have no usable box "
+                                            r"for their class \(none annotated, or none with area inside the "
+                                            rf"image\), e.g. {missing[0]}, {missing[1]}; pass --skip-bad"):
         job.run(job.EvalConfig(checkpoints=(ckpts["cgc"],), **{**base, "metrics": ("top1", "ch")}))
 
 
@@ -377,7 +388,9 @@ def test_skip_bad_evaluates_the_rest(ray_cluster, ckpts, misfits, unboxed, tmp_p
     assert [r["method"] for r in summary["results"]] == ["good"]
     assert [s["checkpoint"] for s in summary["data"]["skipped_checkpoints"]] == [misfits[0], misfits[1]]
     assert summary["data"]["ch_images_without_boxes"] == 2 and summary["data"]["ch_without_boxes_examples"] == missing
+    assert summary["data"]["boxes_outside_image"] == 1  # row 4, dropped when the manifest was built
+    assert summary["data"]["ch_images_without_usable_box"] == 1  # row 3, seen on the decoded image
     counts = summary["results"][0]["counts"]
-    assert (counts["top1"], counts["ch"]) == (6, 4)
+    assert (counts["top1"], counts["ch"]) == (6, 3)
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["Method"] for r in csv.DictReader(f)] == ["good"]

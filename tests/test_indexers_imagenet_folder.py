@@ -139,8 +139,28 @@ def test_box_corners_in_the_wrong_order_are_put_in_order(tmp_path):
     write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
           "<annotation><object><name>n01</name><bndbox><xmin>9</xmin><ymin>2</ymin><xmax>3</xmax><ymax>7</ymax>"
           "</bndbox></object></annotation>")
-    manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
+    manifest, uri = load_or_build("imagenet", str(tmp_path), "val")
     assert manifest.table.column("boxes").to_pylist() == [[[2.0, 1.0, 9.0, 7.0]]]  # VOC 3..9 x 2..7, 0-based edges
+    assert manifest.notes == {"boxes_reordered": 1}
+    assert load_or_build("imagenet", str(tmp_path), "val", uri)[0].notes == {"boxes_reordered": 1}  # from the cache
+
+
+def test_a_box_with_no_area_inside_its_image_is_dropped_and_counted(tmp_path):
+    """Issue 14.6: the XML gives the image size (20 x 10); a box wholly
+    outside it, or touching it only along an edge, is no usable box."""
+    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
+    objects = {1: [(3, 2, 9, 7), (25, 2, 30, 7)],   # one inside, one right of the image
+               2: [(21, 1, 30, 5)],                 # 0-based x from 20: only outside
+               3: [(1, 11, 5, 15)]}                 # below the image
+    for n, boxes in objects.items():
+        jpeg(tmp_path / "val" / f"ILSVRC2012_val_0000000{n}.JPEG")
+        xml = "".join(f"<object><name>n01</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+                      f"<ymax>{d}</ymax></bndbox></object>" for a, b, c, d in boxes)
+        write(tmp_path / "val_xml" / f"ILSVRC2012_val_0000000{n}.xml",
+              f"<annotation><size><width>20</width><height>10</height></size>{xml}</annotation>")
+    manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
+    assert manifest.table.column("boxes").to_pylist() == [[[2.0, 1.0, 9.0, 7.0]], [], []]
+    assert manifest.notes == {"boxes_outside_image": 3, "images_without_usable_box": 2}
 
 
 def test_folder_boxes_file_without_a_column_is_named(tmp_path):

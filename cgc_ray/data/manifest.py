@@ -8,15 +8,21 @@ width/height (int32, from the annotation, null if unknown). The class list,
 data set name, split and root are stored in the schema metadata.
 
 A VOC/ImageNet XML box (xmin, ymin, xmax, ymax), 1-based and inclusive,
-becomes [xmin - 1, ymin - 1, xmax, ymax].
+becomes [xmin - 1, ymin - 1, xmax, ymax]. Corners in the wrong order are put
+in order; a box with no area inside its image (where the annotation gives the
+image size) is dropped, and an image left with none has an empty box list:
+"no usable box". Both are counted in `Manifest.notes`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +49,7 @@ class Manifest:
     dataset: str
     split: str
     root: str
+    notes: dict = field(default_factory=dict)  # box fixes made while indexing: {"boxes_reordered": n, ...}
 
     def __len__(self):
         return self.table.num_rows
@@ -50,6 +57,27 @@ class Manifest:
     @property
     def has_boxes(self) -> bool:
         return self.table.column("boxes").null_count < self.table.num_rows
+
+
+_box_fixes: ContextVar[Counter | None] = ContextVar("box_fixes", default=None)
+
+
+@contextlib.contextmanager
+def counting_box_fixes():
+    """Counts `voc_to_edges`' reordered corners and `build`'s dropped boxes
+    while an indexer runs: yields a Counter."""
+    counts = Counter()
+    token = _box_fixes.set(counts)
+    try:
+        yield counts
+    finally:
+        _box_fixes.reset(token)
+
+
+def _count(kind: str, n: int = 1) -> None:
+    counts = _box_fixes.get()
+    if counts is not None and n:
+        counts[kind] += n
 
 
 def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
@@ -65,6 +93,7 @@ def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
     x0, y0, x1, y1 = values
     if x0 > x1 or y0 > y1:
         log.warning("%s: box corners in the wrong order %s, put in order", where, values)
+        _count("boxes_reordered")
         (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
     return [x0 - 1, y0 - 1, x1, y1]
 
@@ -76,20 +105,45 @@ def build(rows: list[dict], classes: list[str], dataset: str, split: str, root: 
     for r in rows:
         if not 0 <= r["label"] < len(classes):
             raise ValueError(f"{r['uri']}: label {r['label']} is not one of the {len(classes)} classes")
+    dropped = Counter()
     columns = {
         "uri": [r["uri"] for r in rows],
         "label": [r["label"] for r in rows],
         "class_name": [classes[r["label"]] for r in rows],
-        "boxes": [r.get("boxes") for r in rows],
+        "boxes": [_inside(r, dropped) for r in rows],
         "width": [r.get("width") for r in rows],
         "height": [r.get("height") for r in rows],
     }
-    return Manifest(pa.table(columns, schema=SCHEMA), list(classes), dataset, split, root)
+    for kind, n in dropped.items():
+        _count(kind, n)
+    return Manifest(pa.table(columns, schema=SCHEMA), list(classes), dataset, split, root, dict(dropped))
+
+
+def has_area(box, width: int, height: int) -> bool:
+    """Whether a box [x0, y0, x1, y1] (0-based edges) covers any area of a
+    width x height image."""
+    x0, y0, x1, y1 = box
+    return min(x1, width) > max(x0, 0) and min(y1, height) > max(y0, 0)
+
+
+def _inside(row: dict, dropped: Counter) -> list | None:
+    """The row's boxes with area inside its image (all of them where the size
+    is unknown); what is dropped is counted in `dropped`."""
+    boxes, w, h = row.get("boxes"), row.get("width"), row.get("height")
+    if boxes is None or not w or not h:
+        return boxes
+    kept = [b for b in boxes if has_area(b, w, h)]
+    if len(kept) < len(boxes):
+        log.warning("%s: %d of its %d boxes have no area inside the %dx%d image, dropped",
+                    row["uri"], len(boxes) - len(kept), len(boxes), w, h)
+        dropped["boxes_outside_image"] += len(boxes) - len(kept)
+        dropped["images_without_usable_box"] += int(not kept)
+    return kept
 
 
 def write(manifest: Manifest, uri: str, options: StorageOptions = StorageOptions()) -> None:
     meta = {"classes": manifest.classes, "dataset": manifest.dataset, "split": manifest.split,
-            "root": manifest.root, "format": FORMAT_VERSION}
+            "root": manifest.root, "format": FORMAT_VERSION, "notes": manifest.notes}
     table = manifest.table.replace_schema_metadata({"cgc_ray": json.dumps(meta)})
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -104,4 +158,5 @@ def read(uri: str, options: StorageOptions = StorageOptions()) -> Manifest:
     meta = json.loads(raw)
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{uri}: manifest format {meta.get('format')}, this version reads {FORMAT_VERSION}; rebuild it")
-    return Manifest(table.cast(SCHEMA), meta["classes"], meta["dataset"], meta["split"], meta["root"])
+    return Manifest(table.cast(SCHEMA), meta["classes"], meta["dataset"], meta["split"], meta["root"],
+                    meta.get("notes", {}))

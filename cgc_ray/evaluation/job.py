@@ -58,7 +58,7 @@ from ..train.checkpoint import load_model
 from ..train.config import absolute_paths
 from ..transforms import crop_resize_flip
 from . import figures, report, unrel
-from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess
+from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess, usable
 from .insertion import STEP, insertion_auc
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,11 @@ def rows_without_boxes(cfg: EvalConfig, table: pa.Table) -> dict:
     missing = [u for u, b in zip(table.column("uri").to_pylist(), boxes) if not b]
     if "ch" in cfg.metrics and missing:
         if not cfg.skip_bad:
-            raise EvalError(f"Content Heatmap needs boxes: {len(missing)} of {len(boxes)} images have none for "
-                            f"their class, e.g. {', '.join(missing[:3])}; pass --skip-bad to score CH on the "
-                            "others, or drop ch from --metrics")
-        print(f"skipped for CH: {len(missing)} images without boxes, e.g. {missing[0]}", flush=True)
+            raise EvalError(f"Content Heatmap needs boxes: {len(missing)} of {len(boxes)} images have no usable "
+                            f"box for their class (none annotated, or none with area inside the image), e.g. "
+                            f"{', '.join(missing[:3])}; pass --skip-bad to score CH on the others, or drop ch "
+                            "from --metrics")
+        print(f"skipped for CH: {len(missing)} images without a usable box, e.g. {missing[0]}", flush=True)
     return {"count": len(missing), "examples": missing[:20]}
 
 
@@ -241,7 +242,7 @@ class BatchMetrics:
     """Per-image metrics of one batch under every checkpoint (Ray-free): the
     callable class of the metric actors, so each loads the checkpoints once.
 
-    part "batches" returns columns index, uri, label, has_boxes, clamped and,
+    part "batches" returns columns index, uri, label, has_boxes, no_usable_box, clamped and,
     per checkpoint k, top1_k, top5_k (0/1), iauc_k, cgc_k (NaN: not computed;
     cgc_k holds the batch's loss in its first row, and only for a full batch);
     part "ch" (images with boxes) returns index and ch_k.
@@ -271,6 +272,8 @@ class BatchMetrics:
                        for k, ck in enumerate(self.models)}}
         out = {"index": np.asarray(batch["index"]), "uri": np.asarray(batch["uri"]),
                "label": np.asarray(batch["label"]), "has_boxes": np.array([b is not None for b in boxes]),
+               "no_usable_box": np.array([b is not None and not usable(b, *im.shape[:2])
+                                          for b, im in zip(boxes, images)]),
                "clamped": np.array([0 if b is None else clamp_boxes(b, *im.shape[:2])[1]
                                     for b, im in zip(boxes, images)])}
         crops = self._crops(images)
@@ -480,7 +483,12 @@ def run(cfg: EvalConfig) -> dict:
     names = write_figures(cfg, checkpoints, manifest, table, sets, labels) if cfg.figures or cfg.images else []
     summary = report.summarize(cfg, manifest, table.num_rows, metas, labels, totals, bad, names)
     summary["data"].update(skipped_checkpoints=skipped, ch_images_without_boxes=no_boxes["count"],
-                           ch_without_boxes_examples=no_boxes["examples"])
+                           ch_without_boxes_examples=no_boxes["examples"],
+                           boxes_reordered=manifest.notes.get("boxes_reordered", 0),
+                           boxes_outside_image=manifest.notes.get("boxes_outside_image", 0))
+    if totals.no_usable_box:
+        print(f"not scored for CH: {totals.no_usable_box} images whose boxes have no area inside the decoded "
+              "image (ch_images_without_usable_box in results.json)", flush=True)
     files = report.write(cfg.out, summary, storage)
     for row in summary["results"]:
         print(f"{row['method']}: " + ", ".join(f"{m} {row[m]:.4f}" for m in report.METRICS if row[m] is not None))

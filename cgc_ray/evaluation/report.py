@@ -38,7 +38,7 @@ class Totals:
         self.models, self.batch_size = models, batch_size
         self.sums = np.zeros((models, len(METRICS)))
         self.counts = np.zeros((models, len(METRICS)), dtype=np.int64)
-        self.images = self.with_boxes = self.clamped = 0
+        self.images = self.with_boxes = self.clamped = self.no_usable_box = 0
 
     def add(self, batch: dict) -> None:
         position = self.images + np.arange(len(batch["index"]))
@@ -49,6 +49,7 @@ class Totals:
         self.images += len(batch["index"])
         self.with_boxes += int(np.sum(batch["has_boxes"]))
         self.clamped += int(np.sum(batch["clamped"]))
+        self.no_usable_box += int(np.sum(batch.get("no_usable_box", 0)))
         self.add_columns(batch)
 
     def add_columns(self, batch: dict) -> None:
@@ -89,7 +90,8 @@ def summarize(cfg, manifest, rows: int, metas: list[dict], labels: list[str], to
         "data": {"dataset": cfg.dataset, "split": cfg.split, "root": manifest.root, "manifest_rows": len(manifest),
                  "rows_evaluated": rows, "images": totals.images, "skipped_images": bad["skipped_images"],
                  "skipped_examples": bad["examples"], "images_with_boxes": totals.with_boxes,
-                 "clamped_boxes": totals.clamped, "cgc_batches": full,
+                 "clamped_boxes": totals.clamped, "ch_images_without_usable_box": totals.no_usable_box,
+                 "cgc_batches": full,
                  "cgc_images_dropped": totals.images - full * cfg.batch_size},
         "checkpoints": [{"label": lab, "uri": uri, "meta": {k: v for k, v in m.items() if k != "classes"},
                          "classes": len(m["classes"])} for lab, uri, m in zip(labels, cfg.checkpoints, metas)],
@@ -114,7 +116,8 @@ def protocol_text(cfg, totals: Totals, skipped: int) -> dict[str, str]:
                  + ("; correct if the prediction is in the category's ImageNet class set" if cfg.dataset == "unrel"
                     else ""),
         "CH": f"protocol {cfg.ch_protocol}: {ch}; Grad-CAM of {gt}; eval mode; {totals.with_boxes} images "
-              f"with boxes, {totals.clamped} boxes clamped to their image (counted)",
+              f"with boxes, {totals.clamped} boxes clamped to their image (counted), "
+              f"{totals.no_usable_box} images whose boxes have no area inside the image not scored",
         "IAUC": f"RISE insertion: image squashed to 224x224, blur kernel 11 / sigma 5, {cfg.iauc_step} pixels "
                 f"per step ({-(-224 * 224 // cfg.iauc_step) + 1} canvases), Grad-CAM of {gt} upsampled "
                 "bilinearly, score = softmax probability of the class predicted on the clean image; maps in "

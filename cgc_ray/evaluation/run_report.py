@@ -14,6 +14,7 @@ is the evaluation job's (`jobs/evaluate.py`).
 from __future__ import annotations
 
 import io
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -73,7 +74,8 @@ def checkpoint_ch(checkpoint_uri: str, manifest_uri: str, *, limit: int | None =
     model, meta = _model(checkpoint_uri, storage)
     result = content_heatmap(model, images, boxes, labels, layer=meta.get("layer", "layer4"),
                              protocol=protocol, short_side=short_side)
-    return {"ch": result.mean_percent, "ch_images": len(images)}
+    scored = len(images) - result.unusable  # images whose boxes have no area inside them are not scored
+    return {"ch": result.mean_percent if scored else None, "ch_images": scored}
 
 
 def explain_checkpoint(checkpoint: str, val_manifest: str, run_uri: str, *, image_size: int,
@@ -96,7 +98,8 @@ def explain_checkpoint(checkpoint: str, val_manifest: str, run_uri: str, *, imag
         return result
     model, meta = _model(checkpoint, storage)
     ch = content_heatmap(model, images, boxes, labels, layer=meta["layer"], short_side=short_side)
-    result["val_content_heatmap"] = ch.mean_percent
+    result["val_ch_images"] = len(images) - ch.unusable  # no box with area inside the image: not scored
+    result["val_content_heatmap"] = ch.mean_percent if result["val_ch_images"] else None
     if figure_images:
         names = class_names(manifest, storage)
         k = min(figure_images, len(images))
@@ -146,7 +149,8 @@ def figure(model, layer: str, images, boxes, labels, names: dict[int, str], ch: 
         view, heat, vb = heatmap_view(model, image, b, label, layer=layer, short_side=short_side)
         out = Image.new("RGB", (cell, cell + CAPTION), "white")
         out.paste(panel(view, vb, heat, cell=cell), (0, 0))
-        ImageDraw.Draw(out).text((3, cell + 2), f"true {names[label]}, predicted {names[pred]}, CH {100 * score:.0f}%",
+        ImageDraw.Draw(out).text((3, cell + 2), f"true {names[label]}, predicted {names[pred]}, "
+                                                f"{'CH n/a' if math.isnan(score) else f'CH {100 * score:.0f}%'}",
                                  fill=(0, 0, 0) if pred == label else (200, 0, 0))
         cells.append(out)
     rows = -(-len(cells) // columns)

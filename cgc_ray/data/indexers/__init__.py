@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Callable
 
-from ..manifest import Manifest, read, write
+from ..manifest import Manifest, counting_box_fixes, read, write
 from ..storage import StorageOptions, exists, split_uri
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,12 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
             return cached, uri
         log.warning("%s was built from %s %s %s, not %s %s %s: indexing again", uri, cached.dataset, cached.root,
                     cached.split, dataset, root, split)
-    manifest = indexer(root, split, options)
+    with counting_box_fixes() as fixes:
+        manifest = indexer(root, split, options)
+    manifest.notes.update(fixes)
+    if fixes:
+        log.warning("indexed %s %s with box fixes: %s", dataset, split,
+                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(fixes.items())))
     try:
         write(manifest, uri, options)
     except OSError as e:
