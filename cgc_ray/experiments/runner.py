@@ -17,12 +17,12 @@ Under <storage_path>/<name>/ (a local path or s3://):
     specs.json                      the sweep's trials: a re-run must ask for the same
     results.jsonl, <table>.md/.csv  regenerated from results/ (alone with --table-only)
 
-An interrupted sweep re-run with the same name and storage path is restored
-(`Tuner.restore`): finished trials are not rerun, unfinished and failed ones
-run again and their training continues from its last checkpoint. A trial
-whose row is already stored returns that row without training, for the case
-where the driver died after the row was written but before Tune recorded the
-trial as finished.
+An interrupted sweep re-run with the same name and storage path resumes:
+trials whose row is stored are not rerun; the unfinished and failed ones run
+in a new Tune experiment under the same cap as a fresh sweep (not
+`Tuner.restore`, which drops `max_concurrent_trials`), and their training
+continues from its last checkpoint. A trial whose row is already stored
+returns that row without training (a row written just before the driver died).
 
 Resources: a trial holds a token CPU share (it only waits on its trainer);
 the trainer's workers hold `cpus_per_worker` (and `gpus_per_worker`, a
@@ -173,23 +173,34 @@ def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     fs, root = resolve(sweep.storage_path, sweep.storage)
-    path = f"{root}/{sweep.name}"
-    trainable = tune.with_resources(trial, {"cpu": TRIAL_CPUS})
-    if tune.Tuner.can_restore(path, storage_filesystem=fs):
-        _check_same_trials(sweep, specs)
-        print(f"resuming sweep {sweep.uri}: finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, restart_errored=True, storage_filesystem=fs)
-    else:
+    pending = _pending(sweep, specs)
+    if not pending:
+        return []
+    concurrent = max_concurrent or _fitting_now(specs[0]["train"])
+    print(f"sweep {sweep.uri}: {len(pending)} trials to run, up to {concurrent or 'all'} at a time", flush=True)
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": TRIAL_CPUS}), param_space={"spec": tune.grid_search(pending)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=fs, verbose=1))
+    return [r.error for r in tuner.fit() if r.error]
+
+
+def _pending(sweep: Sweep, specs: list[dict]) -> list[dict]:
+    """The trials without a stored row. A sweep seen before (its specs.json)
+    must ask for the same trials; its finished ones are kept. Resuming runs a
+    new Tune experiment over the others, with the cap and resources of a fresh
+    one (`Tuner.restore` would lose the concurrency cap), and each trial's
+    training continues from its last checkpoint under <sweep>/runs/<key>."""
+    if not exists(sweep.path("specs.json"), sweep.storage):
         keys = [s["key"] for s in specs]
         write_bytes(sweep.path("specs.json"), json.dumps({"keys": keys, "specs": specs}, indent=1).encode(),
                     sweep.storage)
-        concurrent = max_concurrent or _fitting_now(specs[0]["train"])
-        print(f"sweep {sweep.uri}: {len(specs)} trials, up to {concurrent or 'all'} at a time", flush=True)
-        tuner = tune.Tuner(
-            trainable, param_space={"spec": tune.grid_search(specs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=fs, verbose=1))
-    return [r.error for r in tuner.fit() if r.error]
+        return specs
+    _check_same_trials(sweep, specs)
+    done = {r["key"] for r in load_rows(sweep)}
+    pending = [s for s in specs if s["key"] not in done]
+    print(f"resuming sweep {sweep.uri}: {len(done)} of {len(specs)} trials finished and kept", flush=True)
+    return pending
 
 
 def _trial_dir(t) -> str:
