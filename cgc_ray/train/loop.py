@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .metrics import Stopwatch, Telemetry, say
 from .model import build_model
 from .schedule import build_optimizer, build_scheduler
+from .watchdog import Beat
 
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,6 +83,8 @@ def train_loop(loop_config: dict) -> None:
     meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
             "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
 
+    beat = Beat(loop_config.get("progress") if rank == 0 else None)  # the driver's watchdog reads it
+    beat("started", position["global_step"], force=True)
     ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=loop_config.get("max_bad_images"))
     on_bad = functools.partial(record_bad_images, settings=ledger)  # images neither the device nor the CPU decodes
     cpu_decoded = []  # --gpu-decode: images the device refused, decoded on the CPU instead
@@ -108,6 +111,7 @@ def train_loop(loop_config: dict) -> None:
             scaler.update()
             sched.step()
             step, global_step = step + 1, global_step + 1
+            beat("training", global_step)
             _maybe_die(loop_config.get("fault"), rank, global_step)
             telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
                            wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
@@ -116,6 +120,7 @@ def train_loop(loop_config: dict) -> None:
                         rank, state, (epoch, step, global_step), meta)
             clock.lap()
         _check_steps(epoch, position["step_in_epoch"], step, steps_per_epoch, rank)
+        beat("validating", global_step, force=True)
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
         metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
@@ -125,6 +130,7 @@ def train_loop(loop_config: dict) -> None:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
                 f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
             _log_epoch(loop_config.get("run_uri"), loop_config["storage"], metrics)
+        beat("checkpointing", global_step, force=True)
         _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
 

@@ -29,9 +29,10 @@ from ..data.pipeline import DataSettings, data_config, open_ledger, too_many_bad
 from ..data.storage import StorageOptions, exists, file_info, list_dir, read_bytes, resolve, split_uri, write_bytes
 from ..evaluation.run_report import explain_checkpoint
 from .checkpoint import STATE
-from .config import ConfigError, TrainConfig, check
+from .config import DATA_CPUS, ConfigError, TrainConfig, check
 from .model import build_model
 from .loop import NoTrainingBatch, train_loop
+from .watchdog import Watchdog, open_progress
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,15 @@ def run(cfg: TrainConfig) -> dict:
                             storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode)
     write_config(cfg, storage)
     ledger = open_ledger(settings.ledger)
+    progress_name = f"cgc-progress-{cfg.name}"
+    progress = open_progress(progress_name)
     fs, run_root = resolve(cfg.storage_path, storage)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
                            "steps_per_epoch": steps_per_epoch, "storage": storage, "ledger": settings.ledger,
                            "max_bad_images": settings.max_bad_images,
-                           "run_uri": _run_uri(cfg),
+                           "run_uri": _run_uri(cfg), "progress": progress_name,
                            "fault": os.environ.get("CGC_RAY_TEST_KILL")},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
@@ -94,8 +97,11 @@ def run(cfg: TrainConfig) -> dict:
           f"{len(train_m)} {cfg.dataset} images, {cfg.num_workers} workers, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps; storage {_run_uri(cfg)}", flush=True)
     started = time.time()
+    request = {"workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker, "data_cpus": DATA_CPUS,
+               "gpus_per_worker": cfg.gpus_per_worker if cfg.use_gpu else 0}
     try:
-        result = trainer.fit()
+        with Watchdog(progress, cfg.name, request, cfg.stall_seconds):
+            result = trainer.fit()
     except Exception as e:
         bad, limit = ray.get(ledger.summary.remote()), settings.max_bad_images
         if limit is not None and bad["skipped_images"] > limit:
@@ -106,6 +112,8 @@ def run(cfg: TrainConfig) -> dict:
                                   f"{cfg.batch_size // cfg.num_workers} per worker ({bad['skipped_images']} "
                                   f"unreadable, e.g. {bad['examples'][:1]})") from None
         raise
+    finally:
+        ray.kill(progress)
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
     summary.update(train_manifest=train_uri, val_manifest=val_uri)
@@ -153,6 +161,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints", "checkpoint_every_steps", "s3_endpoint", "s3_region", "reindex", "manifest_dir",
     "max_bad_images", "num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "share_gpus",
     "placement_strategy", "autoscaling", "gpu_decode", "decode_batch", "object_store_limit_gb", "val_batches",
+    "stall_seconds",
 }
 
 
