@@ -328,6 +328,26 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
     assert len([p for p in listed if p["Prefix"].startswith("cgc/resume/checkpoint_")]) == 2  # --keep-checkpoints 2
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_checkpoint_folders_ray_does_not_keep_are_pruned(where, tmp_path, request):
+    """Only checkpoint_* folders outside the kept set go; other files stay."""
+    from cgc_ray.data.storage import StorageOptions, list_dir, write_bytes
+    from cgc_ray.train.service import prune_checkpoints
+
+    if where == "s3":
+        options, client = request.getfixturevalue("s3_server")
+        client.create_bucket(Bucket="prune")
+        run = "s3://prune/runs/r"
+    else:
+        options, run = StorageOptions(), str(tmp_path / "r")
+    for name in ("checkpoint_a/state.pt", "checkpoint_a/meta.json", "checkpoint_b/state.pt", "checkpoint_c/state.pt",
+                 "summary.json", "checkpoint_notes.txt"):
+        write_bytes(f"{run}/{name}", b"x", options)
+    assert prune_checkpoints(run, ["checkpoint_a", "checkpoint_c"], options) == ["checkpoint_b"]
+    assert sorted(i.base_name for i in list_dir(run, options)) == [
+        "checkpoint_a", "checkpoint_c", "checkpoint_notes.txt", "summary.json"]
+
+
 @pytest.mark.cluster
 def test_worker_killed_mid_epoch_on_a_multinode_cluster(tmp_path):
     """Own 2-node cluster (ray.cluster_utils.Cluster) in a subprocess; rank 1

@@ -114,6 +114,10 @@ def run(cfg: TrainConfig) -> dict:
         raise
     finally:
         ray.kill(progress)
+    kept = [ckpt.path.rstrip("/").rsplit("/", 1)[-1] for ckpt, _ in result.best_checkpoints or []]
+    if kept and (orphans := prune_checkpoints(_run_uri(cfg), kept, storage)):
+        log.warning("removed %d checkpoint folder(s) that a failed attempt left unregistered: %s (--keep-checkpoints "
+                    "%d keeps %s)", len(orphans), ", ".join(orphans), cfg.keep_checkpoints, ", ".join(kept))
     summary = _summary(cfg, result, train_m, steps_per_epoch, time.time() - started,
                        ray.get(ledger.summary.remote()))
     summary.update(train_manifest=train_uri, val_manifest=val_uri)
@@ -196,6 +200,21 @@ def write_config(cfg: TrainConfig, storage: StorageOptions) -> None:
         write_bytes(f"{_run_uri(cfg)}/config.json", json.dumps(cfg.to_dict(), indent=1).encode(), storage)
     except OSError as e:
         raise ConfigError(f"--storage-path {cfg.storage_path}: cannot write there ({e})") from None
+
+
+def prune_checkpoints(run: str, kept: list[str], storage: StorageOptions) -> list[str]:
+    """Delete the run's `checkpoint_*` folders other than `kept` (folder names
+    Ray Train keeps under --keep-checkpoints): a worker that uploaded a
+    checkpoint just before an attempt failed leaves one Ray Train never
+    registered, so never deletes. Called once the run has finished. Returns
+    the names removed."""
+    fs, path = resolve(run, storage)
+    orphans = sorted(i.base_name for i in list_dir(run, storage)
+                     if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                     and i.base_name not in kept)
+    for name in orphans:
+        fs.delete_dir(f"{path}/{name}")
+    return orphans
 
 
 def _has_checkpoint(run: str, storage: StorageOptions) -> bool:
