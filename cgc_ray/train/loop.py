@@ -77,6 +77,7 @@ def train_loop(loop_config: dict) -> None:
             say(f"resuming at epoch {position['epoch'] + 1}, step {position['step_in_epoch']} "
                 f"(global step {position['global_step']})")
 
+    started_at = position["global_step"]  # 0, or the checkpoint this worker group resumed from
     telemetry = Telemetry(cfg.name, rank, cfg.log_every_steps, steps_per_epoch, cfg.epochs)
     state = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard(f"val_{rank}")
@@ -122,7 +123,7 @@ def train_loop(loop_config: dict) -> None:
         _check_steps(epoch, position["step_in_epoch"], step, steps_per_epoch, rank)
         beat("validating", global_step, force=True)
         metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
-        metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
+        metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step, resumed_from_step=started_at,
                        lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
                        gpu_decode_cpu_fallbacks=int(_gather(torch.tensor([len(cpu_decoded)], device=device)).sum()),
                        **rank_views(model, ray.get_runtime_context().get_node_id(), device))
