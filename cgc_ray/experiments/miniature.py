@@ -5,6 +5,7 @@ paired CGC − baseline difference.
 
     python jobs/miniature.py                                   # both embedded sets, 3 seeds, every comparison
     python jobs/miniature.py --datasets embedded --seeds 0 --lam 1.0   # one seed of Table 1 and 5
+    python jobs/miniature.py --datasets embedded --lam 1.0 --methods baseline,cgc   # Table 1 alone
 
 Trials per data set and seed: the baseline (plain CE), CGC at each λ of
 --lam (the preset λ = 1.0 of ResNet-18 is Table 1's CGC row) and CGC with
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..train.config import PAPER_LAMBDA
+from ..train.config import PAPER_LAMBDA, ConfigError
 from . import cli, runner, tables
 from .cli import Request
 from .tables import Table, paired_diff, stat
 
 DATASETS = "embedded,embedded_context"
 LAMBDAS = "0.1,0.5,1.0,2.0"
+METHODS = ("baseline", "cgc", "cgc_mse")
 
 
 def parse(argv: list[str] | None = None) -> Request:
@@ -31,6 +33,8 @@ def parse(argv: list[str] | None = None) -> Request:
     p.add_argument("--datasets", default=DATASETS, help=f"embedded sets to run on (default {DATASETS})")
     p.add_argument("--lam", default=LAMBDAS, help=f"λ values of Table 10 (default {LAMBDAS})")
     p.add_argument("--seeds", default="0,1,2", help="one trial per seed of every configuration")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"which of {', '.join(METHODS)} to run (default all; cgc covers every --lam)")
     # the no-argument run's preset (LAPTOP), its workers at 0.45 CPU: a trial's own share (0.01) and the
     # input pipeline's one CPU must fit beside them on a 2-core machine
     return cli.parse_request(p, argv, embedded_preset={"cpus_per_worker": 0.45})
@@ -46,6 +50,9 @@ def preset_lam(cfg) -> float:
 
 def trials(req: Request, sw: runner.Sweep) -> list[dict]:
     args, out = req.args, []
+    methods = [m.strip() for m in args.methods.split(",")]
+    if unknown := sorted(set(methods) - set(METHODS)):
+        raise ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     for name, _ in cli.datasets(args.datasets):
         base = dataclasses.replace(req.base, dataset=name, data=None)
         lam0 = preset_lam(base)
@@ -53,6 +60,7 @@ def trials(req: Request, sw: runner.Sweep) -> list[dict]:
         configs += [("cgc", base.recipe if base.recipe != "baseline" else "official", lam, "infonce")
                     for lam in sorted(set(cli.floats(args.lam)) | {lam0})]
         configs += [("cgc_mse", "official", lam0, "mse")]
+        configs = [c for c in configs if c[0] in methods]
         for seed in cli.ints(args.seeds):
             for method, recipe, lam, consistency in configs:
                 key = f"{name}-{method}-lam{lam or 0:g}-seed{seed}"
