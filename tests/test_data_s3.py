@@ -229,14 +229,15 @@ def test_data_config_keeps_the_data_context_and_adds_the_cap(ray_cluster):
         ctx.execution_options = saved
 
 
-def test_shards_cover_every_image_once_and_epochs_reshuffle(ray_cluster, bucket):
+def test_shards_cover_every_image_once_each_epoch(ray_cluster, bucket):
+    """Two shards, two epochs: each image once per epoch, none on both shards.
+    (That epochs reshuffle is `test_same_seed_same_order`'s, in a fixed order.)"""
     from cgc_ray.data.pipeline import DataSettings, train_dataset
 
     options = bucket[0]
     manifest, uri = load_or_build("imagenet", f"s3://{BUCKET}/imagenet", "train", options=options)
     settings = DataSettings(image_size=32, resize_size=36, storage=options, seed=7, decode_batch=8)
     shards = train_dataset(uri, "baseline", settings).streaming_split(2, equal=True)
-    epochs = []
     for _ in range(2):
         got = [[], []]
 
@@ -250,8 +251,6 @@ def test_shards_cover_every_image_once_and_epochs_reshuffle(ray_cluster, bucket)
         assert len(got[0]) == len(got[1]) == len(manifest) // 2
         assert not set(got[0]) & set(got[1])
         assert set(got[0]) | set(got[1]) == set(manifest.table.column("uri").to_pylist())
-        epochs.append(got[0] + got[1])
-    assert epochs[0] != epochs[1]  # weak: the split hands out blocks to whichever shard asks; see below
 
 
 def test_same_seed_same_order(ray_cluster, bucket):
