@@ -42,7 +42,18 @@ def _gather_all(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 def info_nce(aug_maps: torch.Tensor, target_maps: torch.Tensor, tau: float = 0.5,
              arrangement: str = "official", negatives: str = "local",
              block_size: int | None = None) -> torch.Tensor:
-    """Mean InfoNCE over the batch (this rank's rows) for heatmaps (B, H, W)."""
+    """Mean InfoNCE (van den Oord et al., 2018, Eq. 4; as CGC uses it,
+    Pillai et al., CVPR 2022, Sec. 3) over this rank's rows.
+
+    aug_maps, target_maps: float (B, H, W) heatmaps a_i and t_i (any scale:
+    they are flattened and L2-normalised, so similarities are cosines). tau:
+    temperature, > 0, dimensionless. arrangement, negatives, block_size: see
+    the module docstring ("block" needs block_size dividing B; "global"
+    gathers every rank's a_j, gradients kept). Returns a float scalar:
+    cross-entropy of the positive among each row's candidates, logits =
+    cosine / tau. Raises ValueError for an unknown arrangement or negatives,
+    or a block size that does not divide B.
+    """
     if arrangement not in ARRANGEMENTS:
         raise ValueError(f"arrangement must be one of {ARRANGEMENTS}, got {arrangement!r}")
     if negatives not in NEGATIVES:

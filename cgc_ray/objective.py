@@ -77,8 +77,20 @@ def _one_of(name, value, allowed):
 
 def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], lam: float = 1.0,
                   tau: float = 0.5, recipe: str = "official", **options) -> CGCOutput:
-    """Loss of one training step. `model` is a classifier (or a CamNet, possibly
-    wrapped in DDP or torch.compile); options are the other CGCConfig fields."""
+    """Loss of one training step: CE + lam * L_CGC (Pillai et al., CVPR 2022,
+    Sec. 3: InfoNCE between the Grad-CAM of T(x) and T applied to the Grad-CAM
+    of x, the other images of the batch as negatives).
+
+    model: a classifier returning logits (N, classes), or a CamNet, possibly
+    wrapped in DDP or torch.compile. batch: float (B, 3, H, W) views named by
+    the recipe (see the module docstring), "label" int64 (B,) (UNLABELED = -100
+    rows only feed L_CGC), "crop" int64 (B, 4) = (top, left, height, width)
+    in query pixels and "flip" bool (B,) of T. lam, tau: dimensionless;
+    options: the other CGCConfig fields. Returns a CGCOutput of fp32 scalars
+    (loss differentiable). Raises ValueError for a bad option or batch
+    (missing keys, shapes, dtypes, crop boxes outside the query, too few
+    images for negatives), naming the key or option.
+    """
     cfg = CGCConfig(lam=lam, tau=tau, recipe=recipe, **options)
     check_batch(batch, cfg)
     with _as_camnet(model, cfg.layer) as net:
@@ -104,8 +116,15 @@ def _run(net: nn.Module, batch: dict, cfg: CGCConfig) -> CGCOutput:
 def heatmap_consistency(net: nn.Module, query_out, aug_out, crop, flip, size, cfg: CGCConfig) -> torch.Tensor:
     """L_CGC from the (logits, features) of the query and of its augmented view.
 
-    Grad-CAM of the class predicted on the query, for both; the query's map
-    moved by T (crop, flip) is the positive of the augmented view's map.
+    Grad-CAM (Selvaraju et al., ICCV 2017) of the class predicted on the query,
+    for both; each map upsampled to `size` = (H, W) of the query and
+    sum-normalised (+1e-8, the authors' post-processing); the query's map
+    moved by T (crop int64 (B, 4) top/left/height/width, flip bool (B,)) is
+    the positive of the augmented view's map, the batch's other maps its
+    negatives (cfg: arrangement, negatives, tau; or MSE without negatives).
+    query_out, aug_out: (logits (B, classes), features (B, K, h, w)) as a
+    CamNet returns them. Returns a float32 scalar, differentiable through
+    both maps (double backward for the autograd Grad-CAM).
     """
     with _fp32_region(query_out[0]):
         target = query_out[0].detach().argmax(1)

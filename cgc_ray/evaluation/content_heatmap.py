@@ -269,13 +269,20 @@ def content_heatmap_single(model: nn.Module, image, boxes, label: int, *, layer:
 def content_heatmap(model: nn.Module, images, boxes, labels, *, layer: str = "layer4",
                     protocol: str = "resize", short_side: int = 448, batch_size: int = 32,
                     eval_mode: bool = True) -> ContentHeatmapResult:
-    """CH of many images: images with the same input shape run as one batch
-    (up to `batch_size`) on the model's device; equal to `content_heatmap_single`.
+    """Content Heatmap of many images (the protocol in the module docstring:
+    TorchRay's energy-inside-box as the CGC authors ran it, their Table 2):
+    images with the same input shape run as one batch (up to `batch_size`)
+    on the model's device; equal to `content_heatmap_single`.
 
     images: sequence of uint8 (H, W, 3) arrays/tensors or float (3, H, W)
-    tensors; boxes: per image an (n, 4) array of its class's boxes; labels:
-    the ground-truth classes. `eval_mode=False` keeps the model's own mode (in
-    train mode BatchNorm makes a map depend on its batch mates).
+    tensors in [0, 1]; boxes: per image an (n, 4) array of its class's boxes,
+    [x0, y0, x1, y1] 0-based pixel edges of the original image; labels: int,
+    the class explained (the ground truth). `protocol`/`short_side` (pixels):
+    the input geometry. `eval_mode=False` keeps the model's own mode (in
+    train mode BatchNorm makes a map depend on its batch mates). Returns a
+    ContentHeatmapResult: ch float64 (N,) in [0, 1] (NaN where no box has
+    area inside the image), clamped boxes counted. Raises ValueError for an
+    unknown protocol or a layer the model lacks.
     Each batch is preprocessed, and its maps scored, per original image size
     (one resize, one upsampling, one mask build per size); the device is
     synchronised once, at the end.

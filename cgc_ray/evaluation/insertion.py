@@ -125,11 +125,20 @@ def insertion_auc(model: nn.Module, images: torch.Tensor, labels, *, heatmaps: t
                   layer: str = "layer4", step: int = STEP, klen: int = 11, sigma: float = 5.0,
                   batch_size: int = 32, max_batch: int = 256,
                   bn_train_mode_for_maps: bool = False) -> InsertionResult:
-    """Insertion AUC of normalised images (N, C, H, W), batched on the model's device.
+    """Insertion AUC (RISE: Petsiuk et al., BMVC 2018, Sec. 4), batched on the model's device.
 
-    Grad-CAM of `labels` is the heatmap unless `heatmaps` (N, H, W) are given.
-    Images go `batch_size` at a time (the batch of the maps), their canvases
-    `max_batch` per forward.
+    images: float (N, 3, H, W), ImageNet-normalised. labels: int (N,), the
+    class whose Grad-CAM orders the pixels, unless `heatmaps` float (N, H, W)
+    are given. Starting from the image blurred (Gaussian, `klen` x `klen`,
+    `sigma` pixels, as RISE), `step` pixels of the clean image are inserted
+    per canvas, highest heatmap value first (ties: lower flat index); each
+    canvas is scored by the softmax probability of the class predicted on
+    the clean image. Images go `batch_size` at a time (the batch of the
+    maps, in BatchNorm train mode with `bn_train_mode_for_maps`, as the
+    authors did), their canvases `max_batch` per forward. Returns an
+    InsertionResult: auc float64 (N,) in [0, 1] (trapezoid over canvases,
+    x from 0 to 1), the curves (N, canvases) and the predicted classes (N,).
+    Equals `insertion_auc_single` image by image.
     """
     device = model_device(model)
     labels = torch.as_tensor(labels)

@@ -43,6 +43,19 @@ AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def train_loop(loop_config: dict) -> None:
+    """One Ray Train worker's training (TorchTrainer's train_loop_per_worker).
+
+    loop_config: "train" (TrainConfig as a dict), "classes" (list of class
+    names), "steps_per_epoch" (int), "storage" (StorageOptions), "ledger" (the
+    bad-image ledger actor's name), "max_bad_images" (int or None),
+    "run_uri" (where metrics.jsonl goes), "progress" (the watchdog's actor
+    name), "fault" (test-only kill spec or None). Trains the CGC objective
+    (`cgc_objective`) under DDP from the latest checkpoint if any, validates
+    and reports (with a checkpoint from rank 0) every epoch, and every
+    `checkpoint_every_steps` steps. Raises NoTrainingBatch when an epoch gets
+    no batch; other errors fail the attempt, which Ray Train retries from the
+    latest checkpoint up to --max-failures times.
+    """
     cfg = TrainConfig(**loop_config["train"])
     # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
     # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
