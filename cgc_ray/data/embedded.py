@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import UserError
+
 VERSION = 2
 VARIANTS = ("plain", "context")
 DATASETS = {"embedded": "plain", "embedded_context": "context"}  # --dataset name -> variant
@@ -199,7 +201,7 @@ def ensure_embedded(root: str | os.PathLike | None = None, variant: str = "plain
     temporary folder and the first complete one is moved into place.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"embedded variant must be one of {VARIANTS}, got {variant!r}")
+        raise UserError(f"embedded variant must be one of {VARIANTS}, got {variant!r}")
     root = Path(root) if root else default_cache(variant)
     if _is_complete(root):
         return root

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import DataError
 from .storage import StorageOptions, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
         try:
             values.append(float(value))
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: box field {name} is {value!r}, not a number") from None
+            raise DataError(f"{where}: box field {name} is {value!r}, not a number") from None
     x0, y0, x1, y1 = values
     if x0 > x1 or y0 > y1:
         log.warning("%s: box corners in the wrong order %s, put in order", where, values)
@@ -101,10 +102,10 @@ def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
 def build(rows: list[dict], classes: list[str], dataset: str, split: str, root: str) -> Manifest:
     """A manifest from row dicts (uri, label, and optionally boxes/width/height)."""
     if not rows:
-        raise ValueError(f"{dataset} {split}: no images found under {root}")
+        raise DataError(f"{dataset} {split}: no images found under {root}")
     for r in rows:
         if not 0 <= r["label"] < len(classes):
-            raise ValueError(f"{r['uri']}: label {r['label']} is not one of the {len(classes)} classes")
+            raise DataError(f"{r['uri']}: label {r['label']} is not one of the {len(classes)} classes")
     dropped = Counter()
     columns = {
         "uri": [r["uri"] for r in rows],
@@ -154,9 +155,9 @@ def read(uri: str, options: StorageOptions = StorageOptions()) -> Manifest:
     table = pq.read_table(io.BytesIO(read_bytes(uri, options)))
     raw = (table.schema.metadata or {}).get(b"cgc_ray")
     if raw is None:
-        raise ValueError(f"{uri} is not a cgc_ray manifest (no 'cgc_ray' schema metadata)")
+        raise DataError(f"{uri} is not a cgc_ray manifest (no 'cgc_ray' schema metadata)")
     meta = json.loads(raw)
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{uri}: manifest format {meta.get('format')}, this version reads {FORMAT_VERSION}; rebuild it")
+        raise DataError(f"{uri}: manifest format {meta.get('format')}, this version reads {FORMAT_VERSION}; rebuild it")
     return Manifest(table.cast(SCHEMA), meta["classes"], meta["dataset"], meta["split"], meta["root"],
                     meta.get("notes", {}))

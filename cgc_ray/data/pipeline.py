@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import RandomSeedConfig
 
+from ..errors import UserError
 from .device_decode import device_ready, draw_params
 from .storage import StorageOptions, read_bytes, read_head, resolve
 from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, open_image, val_transform, val_view
@@ -46,7 +47,7 @@ class DataSettings:
     gpu_decode: bool = False         # ship JPEG bytes; the training device decodes (device_decode.py)
 
 
-class TooManyBadImages(ValueError):
+class TooManyBadImages(UserError):
     """More distinct images could not be read than `max_bad_images` allows."""
 
 

@@ -53,6 +53,7 @@ from ..data.manifest import write as write_manifest
 from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
 from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb, val_transform
+from ..errors import UserError
 from ..objective import CGCConfig, heatmap_consistency
 from ..train.checkpoint import load_model
 from ..train.config import absolute_paths
@@ -66,7 +67,7 @@ METRICS = ("top1", "ch", "iauc", "cgc")
 CH_PROTOCOLS = ("resize", "center_crop")
 
 
-class EvalError(ValueError):
+class EvalError(UserError):
     """A request the job cannot run (bad flag, unusable checkpoint)."""
 
 

@@ -54,6 +54,7 @@ import numpy as np
 from ..data.indexers import child, register
 from ..data.manifest import Manifest, build, voc_to_edges
 from ..data.storage import StorageOptions, exists, read_bytes
+from ..errors import MissingData
 
 # wnid ranges (inclusive, in the sorted order of ImageNet's class folders)
 _DOGS = ("n02085620", "n02113978")   # Chihuahua .. Mexican hairless: classes 151-268
@@ -136,7 +137,7 @@ def index_unrel(root: str, split: str = "test", options: StorageOptions = Storag
     elif exists(child(root, "annotations.csv"), options):
         objects = _csv_objects(read_bytes(child(root, "annotations.csv"), options).decode())
     else:
-        raise FileNotFoundError(f"UnRel: neither annotations.mat nor annotations.csv in {root}")
+        raise MissingData(f"UnRel: neither annotations.mat nor annotations.csv in {root}")
     boxes: dict[tuple[str, str], list] = defaultdict(list)
     for image, name, box in objects:
         key, edges = (image, category(name)), voc_to_edges(*box)

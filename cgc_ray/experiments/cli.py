@@ -104,12 +104,20 @@ def add_subset_flag(p: argparse.ArgumentParser) -> None:
                    help="train on this many images per class of the training split (a seeded subset, for quick checks)")
 
 
-def floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def floats(text: str, option: str) -> list[float]:
+    """"0,0.5,1" -> [0.0, 0.5, 1.0]; ConfigError naming `option` otherwise."""
+    return _numbers(text, option, float)
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def ints(text: str, option: str) -> list[int]:
+    return _numbers(text, option, int)
+
+
+def _numbers(text: str, option: str, kind) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise config.ConfigError(f"{option} must be comma-separated {kind.__name__}s, got {text!r}") from None
 
 
 def datasets(text: str) -> list[tuple[str, str | None]]:

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from ..data.manifest import Manifest, write
 from ..data.storage import StorageOptions, read_bytes, write_bytes
+from ..errors import DataError, UserError
 from ..objective import UNLABELED
 
 
@@ -66,11 +67,11 @@ def _shuffled(manifest: Manifest, seed: int) -> dict[int, np.ndarray]:
 def episode(manifest: Manifest, shots: int, seed: int) -> Episode:
     """`shots` training images per class, validation = the remaining images."""
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise UserError(f"shots must be >= 1, got {shots}")
     picked = []
     for c, rows in _shuffled(manifest, seed).items():
         if len(rows) <= shots:
-            raise ValueError(f"class {manifest.classes[c]!r} has {len(rows)} images in {manifest.split}; "
+            raise DataError(f"class {manifest.classes[c]!r} has {len(rows)} images in {manifest.split}; "
                              f"a {shots}-shot episode needs more than {shots}")
         picked.extend(rows[:shots])
     rest = np.setdiff1d(np.arange(len(manifest)), picked)
@@ -81,7 +82,7 @@ def episode(manifest: Manifest, shots: int, seed: int) -> Episode:
 def draw_labeled(manifest: Manifest, fraction: float = 0.01, seed: int = 0) -> np.ndarray:
     """Rows keeping their label: round(fraction x class size) per class, at least 1."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise UserError(f"fraction must be in (0, 1], got {fraction}")
     keep = [rows[:max(1, round(fraction * len(rows)))]
             for rows in _shuffled(manifest, seed).values() if len(rows)]
     return np.sort(np.concatenate(keep))
@@ -101,14 +102,14 @@ def match_labeled(manifest: Manifest, lines: list[str]) -> np.ndarray:
         rel = line.removeprefix("./")
         hits = [i for i in by_name.get(rel.rsplit("/", 1)[-1], []) if uris[i] == line or uris[i].endswith("/" + rel)]
         if len(hits) > 1:
-            raise ValueError(f"{line!r} matches {len(hits)} images of {manifest.dataset} {manifest.split}; "
+            raise DataError(f"{line!r} matches {len(hits)} images of {manifest.dataset} {manifest.split}; "
                              "give a longer relative path")
         if hits:
             rows.append(hits[0])
         else:
             missing.append(line)
     if missing:
-        raise ValueError(f"{len(missing)} listed images are not in {manifest.dataset} {manifest.split}, "
+        raise DataError(f"{len(missing)} listed images are not in {manifest.dataset} {manifest.split}, "
                          f"e.g. {missing[:3]}")
     return np.unique(np.asarray(rows, dtype=np.int64))
 

@@ -47,7 +47,7 @@ def run(req: Request) -> int:
 def trials(req: Request, sw: runner.Sweep) -> list[dict]:
     args = req.args
     tiny = all(name == "embedded" for name, _ in cli.datasets(args.datasets))
-    shots_list = cli.ints(args.shots or ("5" if tiny else "1,5,10"))
+    shots_list = cli.ints(args.shots or ("5" if tiny else "1,5,10"), "--shots")
     n_episodes = args.episodes or (2 if tiny else 20)
     specs = []
     for name, cfg in cli.dataset_configs(req):

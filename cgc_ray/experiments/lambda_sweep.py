@@ -45,4 +45,4 @@ def trials(req: Request, sw: runner.Sweep) -> list[dict]:
                         {"method": "cgc" if lam else "baseline", "dataset": base.dataset,
                          "lam": lam, "tau": tau, "seed": seed},
                         dataclasses.replace(base, lam=lam, tau=tau, seed=seed), cli.ch_settings(args, base))
-            for lam in cli.floats(grid) for tau in cli.floats(args.tau) for seed in cli.ints(args.seeds)]
+            for lam in cli.floats(grid, "--lam") for tau in cli.floats(args.tau, "--tau") for seed in cli.ints(args.seeds, "--seeds")]

@@ -58,10 +58,10 @@ def trials(req: Request, sw: runner.Sweep) -> list[dict]:
         lam0 = preset_lam(base)
         configs = [("baseline", "baseline", None, "infonce")]
         configs += [("cgc", base.recipe if base.recipe != "baseline" else "official", lam, "infonce")
-                    for lam in sorted(set(cli.floats(args.lam)) | {lam0})]
+                    for lam in sorted(set(cli.floats(args.lam, "--lam")) | {lam0})]
         configs += [("cgc_mse", "official", lam0, "mse")]
         configs = [c for c in configs if c[0] in methods]
-        for seed in cli.ints(args.seeds):
+        for seed in cli.ints(args.seeds, "--seeds"):
             for method, recipe, lam, consistency in configs:
                 key = f"{name}-{method}-lam{lam or 0:g}-seed{seed}"
                 tags = {"method": method, "dataset": name, "lam": lam or 0.0, "tau": base.tau, "seed": seed,

@@ -211,14 +211,14 @@ def _check_same_trials(sweep: Sweep, specs: list[dict]) -> None:
     """A restored sweep runs the trials it was started with: refuse a request for others."""
     stored = {s["key"]: s for s in json.loads(read_bytes(sweep.path("specs.json"), sweep.storage))["specs"]}
     if sorted(stored) != sorted(s["key"] for s in specs):
-        raise ValueError(f"sweep {sweep.uri} was started with other trials ({len(stored)}: {sorted(stored)[:4]}...); "
+        raise ConfigError(f"sweep {sweep.uri} was started with other trials ({len(stored)}: {sorted(stored)[:4]}...); "
                          "re-run it with the same grid, or use another --name")
     for s in specs:
         old = stored[s["key"]]
         # an option TrainConfig gained since the sweep started is not a change of its settings
         changed = sorted(k for k in old["train"] if s["train"].get(k) != old["train"][k])
         if changed or s["ch"] != old["ch"]:
-            raise ValueError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
+            raise ConfigError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
                              f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
 
 

@@ -67,7 +67,7 @@ def trials(req: Request, sw: runner.Sweep) -> list[dict]:
         uri = sw.path("labels", f"train-{method}.parquet")
         write_manifest(manifests[method], uri, sw.storage)
         run_cfg = cli.fit_batch(dataclasses.replace(base, train_manifest=uri), len(manifests[method]))
-        for seed in cli.ints(args.seeds):
+        for seed in cli.ints(args.seeds, "--seeds"):
             trial = dataclasses.replace(run_cfg, recipe=recipe, lam=lam, seed=seed)
             tags = {"method": method, "dataset": base.dataset, "labels": label_tag, "labeled": len(labeled),
                     "lam": trial.effective_lam, "tau": trial.tau, "seed": seed}

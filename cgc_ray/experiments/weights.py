@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from ..data.storage import StorageOptions, write_bytes
+from ..errors import UserError
 from ..train.model import load_state_dict
 
 
@@ -18,7 +19,7 @@ def backbone_only(uri: str, arch: str, out_uri: str, storage: StorageOptions = S
     own = torchvision.models.get_model(arch, weights=None).state_dict()
     kept = {k: v for k, v in load_state_dict(uri, storage).items() if k in own}
     if not kept:
-        raise ValueError(f"--weights {uri}: no tensor of it belongs to {arch}")
+        raise UserError(f"--weights {uri}: no tensor of it belongs to {arch}")
     buf = io.BytesIO()
     torch.save(kept, buf)
     write_bytes(out_uri, buf.getvalue(), storage)

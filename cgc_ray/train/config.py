@@ -15,6 +15,7 @@ import torchvision
 import yaml
 
 from ..data.embedded import DATASETS as EMBEDDED
+from ..errors import UserError
 from ..gradcam import CamNet
 from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
 
@@ -124,7 +125,7 @@ LAPTOP = dict(epochs=5, batch_size=32, image_size=112, resize_size=128, lr=0.1, 
               lr_milestones="4", num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot run; the message names the option."""
 
 

@@ -30,6 +30,7 @@ from ..data.batches import to_device
 from ..data.device_decode import decode_views
 from ..data.pipeline import DataSettings, record_bad_images
 from ..data.storage import read_bytes, write_bytes
+from ..errors import UserError
 from ..gradcam import CamNet, unwrap
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
@@ -149,7 +150,7 @@ def train_loop(loop_config: dict) -> None:
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
 
 
-class NoTrainingBatch(ValueError):
+class NoTrainingBatch(UserError):
     """An epoch's shard gave not one training batch (every image unreadable or skipped)."""
 
 

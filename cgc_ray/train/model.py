@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from ..data.storage import StorageOptions, read_bytes
+from ..errors import UserError
 
 
 def build_model(arch: str, num_classes: int, weights: str | None = None,
@@ -79,5 +80,5 @@ def load_state(raw: bytes, name: str) -> dict:
                                "by another tool or an older cgc-ray, or a crafted one)") from None
 
 
-class UnsafeCheckpoint(ValueError):
+class UnsafeCheckpoint(UserError):
     """A state file that a weights-only load refuses."""

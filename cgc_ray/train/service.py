@@ -256,7 +256,10 @@ def _readable(uri: str, storage: StorageOptions) -> bool:
 
 def _manifest(cfg: TrainConfig, split: str, storage: StorageOptions, given: str | None = None) -> tuple[Manifest, str]:
     if given:  # a manifest made elsewhere (a few-shot episode, a label split): read as is
-        return read_manifest(given, storage), given
+        try:
+            return read_manifest(given, storage), given
+        except FileNotFoundError:
+            raise ConfigError(f"the {split} manifest {given}: no such file") from None
     root = embedded_root(cfg.dataset, cfg.data) if cfg.dataset in EMBEDDED else cfg.data
     where = cache_uri(cfg.manifest_dir, cfg.dataset, root, split) if cfg.manifest_dir else None
     return load_or_build(cfg.dataset, root, split, where, storage, rebuild=cfg.reindex)

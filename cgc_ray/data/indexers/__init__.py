@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Callable
 
+from ...errors import DataError, MissingData, UserError
 from ..manifest import Manifest, counting_box_fixes, read, write
 from ..storage import StorageOptions, exists, split_uri
 
@@ -33,7 +34,7 @@ def get_indexer(name: str) -> Indexer:
     for module in _MODULES:
         importlib.import_module(f"{__name__}.{module}")
     if name not in INDEXERS:
-        raise ValueError(f"unknown data set kind {name!r}; known: {sorted(INDEXERS)}")
+        raise UserError(f"unknown data set kind {name!r}; known: {sorted(INDEXERS)}")
     return INDEXERS[name]
 
 
@@ -67,7 +68,7 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
         log.warning("%s was built from %s %s %s, not %s %s %s: indexing again", uri, cached.dataset, cached.root,
                     cached.split, dataset, root, split)
     with counting_box_fixes() as fixes:
-        manifest = indexer(root, split, options)
+        manifest = _index(indexer, dataset, root, split, options)
     manifest.notes.update(fixes)
     if fixes:
         log.warning("indexed %s %s with box fixes: %s", dataset, split,
@@ -83,6 +84,19 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
     log.info("indexed %s %s: %d images, %d classes -> %s", dataset, split, len(manifest),
              len(manifest.classes), uri)
     return manifest, uri
+
+
+def _index(indexer: Indexer, dataset: str, root: str, split: str, options: StorageOptions) -> Manifest:
+    """The indexer's manifest; what it refuses (a layout, a file, a field) is
+    the user's data, so a `DataError` (`MissingData` for an absent file)."""
+    try:
+        return indexer(root, split, options)
+    except DataError:
+        raise
+    except FileNotFoundError as e:
+        raise MissingData(str(e)) from e
+    except ValueError as e:
+        raise DataError(str(e)) from e
 
 
 def _local_fallback(dataset, root, split):
