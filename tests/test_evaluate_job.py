@@ -28,7 +28,7 @@ from cgc_ray.data.manifest import read as read_manifest
 from cgc_ray.data.manifest import write as write_manifest
 from cgc_ray.data.storage import StorageOptions
 from cgc_ray.data.pipeline import open_ledger
-from cgc_ray.evaluation import content_heatmap_single, insertion_auc_single, unrel
+from cgc_ray.evaluation import content_heatmap_single, insertion_auc_single
 from cgc_ray.evaluation import job
 from cgc_ray.gradcam import CamNet
 from cgc_ray.objective import CGCConfig, heatmap_consistency
@@ -247,35 +247,6 @@ def test_cgc_column_equals_heatmap_consistency_on_the_same_batch(e2e, ckpts, emb
         expected = direct_cgc(oracle_model(ckpts[name]), images, [r["uri"] for r in rows])
         assert summary["results"][k]["cgc"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
         assert column[k] == pytest.approx(expected, abs=5e-5)  # 4 decimals
-
-
-# ---------------------------------------------------------------- UnRel
-
-def test_unrel_table():
-    assert len(unrel.WNIDS) == 28 and unrel.CATEGORIES == sorted(unrel.WNIDS)
-    for name, wnids in unrel.WNIDS.items():
-        assert all(len(w) == 9 and w.startswith("n") for w in wnids), name
-    classes = ["n02085620", "n02099601", "n02114367", "n04507155", "n02690373"]  # 2 dogs, wolf, umbrella, airliner
-    assert unrel.wnid_set("dog", classes) == [0, 1]
-    assert unrel.class_sets(["umbrella", "airplane"], classes) == [[3], [4]]
-    assert unrel.category("Plane") == "airplane" and unrel.category("person") is None
-    with pytest.raises(ValueError, match="cat"):
-        unrel.class_sets(["cat"], classes)
-
-
-def test_unrel_mat_layout(tmp_path):
-    """annotations.mat as a struct array (filename, objects(category, box)), written with scipy."""
-    from scipy.io import savemat
-
-    obj = [("category", "O"), ("box", "O")]
-    objects = [np.array([("dog", np.array([11.0, 21, 80, 90])), ("person", np.array([1.0, 1, 9, 9]))], dtype=obj),
-               np.array([("motorbike", np.array([5.0, 6, 50, 60]))], dtype=obj)]
-    ann = np.array([("a.jpg", objects[0]), ("b.jpg", objects[1])], dtype=[("filename", "O"), ("objects", "O")])
-    savemat(tmp_path / "annotations.mat", {"annotations": ann})
-    m = unrel.index_unrel(str(tmp_path))
-    rows = m.table.to_pylist()
-    assert [(r["uri"].rsplit("/", 1)[1], r["class_name"], r["boxes"]) for r in rows] == [
-        ("a.jpg", "dog", [[10, 20, 80, 90]]), ("b.jpg", "motorcycle", [[4, 5, 50, 60]])]
 
 
 def test_figure_images_chosen_or_seeded(embedded_val):

@@ -23,8 +23,8 @@ from cgc_ray.evaluation.insertion import (
 )
 from cgc_ray.evaluation.figures import grid, heatmap_view, panel
 from cgc_ray.evaluation.report import Totals, csv_text, markdown
-from cgc_ray.evaluation.unrel import WNIDS as UNREL_WNIDS
-from cgc_ray.evaluation.unrel import index_unrel
+from cgc_ray.data.indexers.unrel import WNIDS as UNREL_WNIDS
+from cgc_ray.data.indexers.unrel import index_unrel
 
 __all__ = [
     "ContentHeatmapResult", "content_heatmap", "content_heatmap_single", "geometry", "preprocess",

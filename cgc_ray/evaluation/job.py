@@ -47,7 +47,7 @@ from torch import nn
 
 from ..data.embedded import DATASETS as EMBEDDED
 from ..data.embedded import embedded_root
-from ..data.indexers import load_or_build
+from ..data.indexers import load_or_build, unrel
 from ..data.manifest import Manifest
 from ..data.manifest import write as write_manifest
 from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
@@ -58,7 +58,7 @@ from ..objective import CGCConfig, heatmap_consistency
 from ..train.checkpoint import load_model
 from ..train.config import absolute_paths
 from ..transforms import crop_resize_flip
-from . import figures, report, unrel
+from . import figures, report
 from .content_heatmap import cam_net, clamp_boxes, content_heatmap, evaluating, geometry, preprocess, usable
 from .insertion import STEP, insertion_auc
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..train.config import PAPER_LAMBDA, ConfigError
-from . import cli, runner, tables
+from . import cli, runner
 from .cli import Request
 from .tables import Table, paired_diff, stat
 

@@ -1,7 +1,8 @@
 """Per-data-set indexers: raw layout in object storage -> Manifest.
 
-An indexer is `fn(root_uri, split, options) -> Manifest`, registered by name;
-a new data set is one new module here. `load_or_build` caches the manifest
+An indexer is `fn(root_uri, split, options) -> Manifest`, registered by name
+with `@register`; a new data set is one new module here (every module of
+this package is imported when an indexer is looked up: no list to keep). `load_or_build` caches the manifest
 next to the data (or at a path the user gives).
 """
 
@@ -11,6 +12,7 @@ import hashlib
 import importlib
 import logging
 import os
+import pkgutil
 from typing import Callable
 
 from ...errors import DataError, MissingData, UserError
@@ -20,7 +22,6 @@ from ..storage import StorageOptions, exists, split_uri
 log = logging.getLogger(__name__)
 Indexer = Callable[[str, str, StorageOptions], Manifest]
 INDEXERS: dict[str, Indexer] = {}
-_MODULES = ("imagenet", "folder", "embedded", "cub", "aircraft", "cars", "flowers")
 
 
 def register(name: str):
@@ -31,8 +32,8 @@ def register(name: str):
 
 
 def get_indexer(name: str) -> Indexer:
-    for module in _MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+    for module in pkgutil.iter_modules(__path__):  # every module here registers its indexers
+        importlib.import_module(f"{__name__}.{module.name}")
     if name not in INDEXERS:
         raise UserError(f"unknown data set kind {name!r}; known: {sorted(INDEXERS)}")
     return INDEXERS[name]

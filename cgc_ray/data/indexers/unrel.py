@@ -51,10 +51,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..data.indexers import child, register
-from ..data.manifest import Manifest, build, voc_to_edges
-from ..data.storage import StorageOptions, exists, read_bytes
-from ..errors import MissingData
+from ...errors import MissingData
+from ..manifest import Manifest, build, voc_to_edges
+from ..storage import StorageOptions, exists, read_bytes
+from . import child, register
 
 # wnid ranges (inclusive, in the sorted order of ImageNet's class folders)
 _DOGS = ("n02085620", "n02113978")   # Chihuahua .. Mexican hairless: classes 151-268

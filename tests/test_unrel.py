@@ -1,7 +1,8 @@
-"""The UnRel `annotations.mat` reader on a file in the download's layout.
+"""UnRel: the table of its object names to ImageNet classes, and the
+`annotations.mat` reader on a file in the download's layout.
 
 The layout is the one public loaders of the real file index into (see
-`cgc_ray/evaluation/unrel.py`): an N x 1 cell array of 1 x 1 structs
+`cgc_ray/data/indexers/unrel.py`): an N x 1 cell array of 1 x 1 structs
 (filename, im_id, relationships, objects), objects and relationships K x 1
 cell arrays of 1 x 1 structs, boxes 1 x 4 doubles [xmin ymin xmax ymax]
 (1-based). The test first checks that the written file answers those
@@ -10,7 +11,7 @@ loaders' own index chains, then reads it with `index_unrel`."""
 import numpy as np
 import pytest
 
-from cgc_ray.evaluation import unrel
+from cgc_ray.data.indexers import unrel
 
 scipy_io = pytest.importorskip("scipy.io")
 
@@ -102,3 +103,15 @@ def test_struct_array_layout_is_read_too(tmp_path):
     scipy_io.savemat(tmp_path / "annotations.mat", {"annotations": ann})
     rows = [(r["uri"].rsplit("/", 3)[1:], r["class_name"], r["boxes"]) for r in unrel.index_unrel(str(tmp_path)).table.to_pylist()]
     assert rows == [(["images", "x", "a.jpg"], "bike", [[0, 0, 10, 10]]), (["images", "x", "a.jpg"], "pizza", [[4, 5, 7, 8]])]
+
+
+def test_unrel_table():
+    assert len(unrel.WNIDS) == 28 and unrel.CATEGORIES == sorted(unrel.WNIDS)
+    for name, wnids in unrel.WNIDS.items():
+        assert all(len(w) == 9 and w.startswith("n") for w in wnids), name
+    classes = ["n02085620", "n02099601", "n02114367", "n04507155", "n02690373"]  # 2 dogs, wolf, umbrella, airliner
+    assert unrel.wnid_set("dog", classes) == [0, 1]
+    assert unrel.class_sets(["umbrella", "airplane"], classes) == [[3], [4]]
+    assert unrel.category("Plane") == "airplane" and unrel.category("person") is None
+    with pytest.raises(ValueError, match="cat"):
+        unrel.class_sets(["cat"], classes)
