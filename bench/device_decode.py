@@ -12,7 +12,8 @@ import time
 import numpy as np
 import torch
 
-from cgc_ray.data.device_decode import decode_views, device_ready, draw_params
+from cgc_ray.data.device_decode import decode_views, device_ready
+from cgc_ray.transforms import draw_train_params
 from cgc_ray.data.embedded import CLASSES, render
 from cgc_ray.data.views import decode_rgb, train_views
 
@@ -35,7 +36,7 @@ def main():
     args = p.parse_args()
     data, rng = jpegs(args.images), np.random.default_rng(0)
     ready = [device_ready(d) for d in data]
-    params = [draw_params(h, w, "official", 224, rng) for _, h, w in ready]
+    params = [draw_train_params(h, w, "official", 224, rng) for _, h, w in ready]
     raw = [{"jpeg": [r[0] for r in ready[i:i + args.batch]], "label": np.zeros(len(ready[i:i + args.batch]), int),
             **{k: np.stack([q[k] for q in params[i:i + args.batch]]) for k in params[0]}}
            for i in range(0, len(ready), args.batch)]

@@ -57,6 +57,20 @@ def sample_crop_flip(height: int, width: int, rng: np.random.Generator,
     return random_resized_crop(height, width, rng, scale, ratio), bool(rng.random() < flip_p)
 
 
+def draw_train_params(height: int, width: int, recipe: str, size: int, rng: np.random.Generator) -> dict:
+    """The random parts of a recipe's training views, in one order for every
+    decode path (CPU views and the device decoder): "xe_box" int64 (4,) the
+    RandomResizedCrop (top, left, h, w) in pixels of the height x width image,
+    "xe_flip" bool; unless recipe is "baseline", T of the size x size query:
+    "crop" int64 (4,) and "flip" bool (`sample_crop_flip`)."""
+    out = {"xe_box": np.asarray(random_resized_crop(height, width, rng), dtype=np.int64),
+           "xe_flip": bool(rng.random() < 0.5)}
+    if recipe != "baseline":
+        crop, flip = sample_crop_flip(size, size, rng)
+        out.update(crop=np.asarray(crop, dtype=np.int64), flip=flip)
+    return out
+
+
 def _source_index(start, length, out_size: int, dtype=torch.float32):
     """Per-sample source rows (or columns) of bilinear resampling with
     align_corners=False, as PyTorch's upsample_bilinear2d defines them.

@@ -6,18 +6,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..geometry import IMAGENET_MEAN, IMAGENET_STD
 from ..transforms import crop_resize_flip
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 IMAGE_KEYS = ("xe", "image")
 
 
 def normalize(images: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, ImageNet mean/std, on `device`."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

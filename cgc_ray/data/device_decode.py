@@ -23,7 +23,6 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from ..transforms import random_resized_crop, sample_crop_flip
 from .views import decode_rgb, open_image
 
 log = logging.getLogger(__name__)
@@ -39,15 +38,6 @@ def device_ready(data: bytes) -> tuple[bytes, int, int]:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=95)
     return buf.getvalue(), img.height, img.width
-
-
-def draw_params(h: int, w: int, recipe: str, size: int, rng: np.random.Generator) -> dict:
-    """The random parts of the recipe's views, drawn on the CPU."""
-    out = {"xe_box": np.asarray(random_resized_crop(h, w, rng), dtype=np.int64), "xe_flip": bool(rng.random() < 0.5)}
-    if recipe != "baseline":
-        crop, flip = sample_crop_flip(size, size, rng)
-        out.update(crop=np.asarray(crop, dtype=np.int64), flip=flip)
-    return out
 
 
 def decode_views(raw: dict, recipe: str, size: int, resize: int, device, on_failure=None, on_fallback=None) -> dict:

@@ -25,7 +25,8 @@ import ray
 from ray.data import RandomSeedConfig
 
 from ..errors import UserError
-from .device_decode import device_ready, draw_params
+from ..transforms import draw_train_params
+from .device_decode import device_ready
 from .storage import StorageOptions, read_bytes, read_head, resolve
 from .views import RECIPE_VIEWS, BadImage, decode_rgb, decode_train_views, open_image, val_transform, val_view
 
@@ -159,7 +160,7 @@ def _raw_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
     """JPEG bytes + the views' random parameters, for decoding on the device."""
     keep, ready = fetch_decode(batch["uri"], settings, decode=device_ready)
     rng = np.random.default_rng()
-    rows = [{"jpeg": jpeg, **draw_params(h, w, recipe, settings.image_size, rng)} for jpeg, h, w in ready]
+    rows = [{"jpeg": jpeg, **draw_train_params(h, w, recipe, settings.image_size, rng)} for jpeg, h, w in ready]
     columns = {"jpeg": ((), object), "xe_box": ((4,), np.int64), "xe_flip": ((), np.bool_)}
     if recipe != "baseline":
         columns.update(crop=((4,), np.int64), flip=((), np.bool_))

@@ -26,7 +26,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageFile
 
-from ..transforms import random_resized_crop, sample_crop_flip
+from ..geometry import center_crop_offset, resize_short_side
+from ..transforms import draw_train_params, sample_crop_flip
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey image
 RECIPE_VIEWS = {"official": ("xe", "image"), "two_view": ("xe",), "baseline": ("xe",)}
@@ -110,29 +111,28 @@ def decode_train_views(data: bytes, recipe: str, size: int, resize: int, rng: np
     """
     img = open_image(data)
     w, h = img.size
-    box = random_resized_crop(h, w, rng)
-    scale = draft_scale(w, h, box[2:], size, resize if recipe == "official" else None) if draft else 1
+    params = draw_train_params(h, w, recipe, size, rng)
+    scale = draft_scale(w, h, params["xe_box"][2:], size, resize if recipe == "official" else None) if draft else 1
     img, applied = load_rgb(img, scale)
-    return _train_views(img, applied, (w, h), box, recipe, size, resize, rng)
+    return _train_views(img, applied, (w, h), params, recipe, size, resize)
 
 
 def train_views(img: Image.Image, recipe: str, size: int, resize: int, rng: np.random.Generator) -> dict:
     """The recipe's CPU views of one decoded (full-size) image, plus T's parameters."""
     w, h = img.size
-    return _train_views(img, 1.0, (w, h), random_resized_crop(h, w, rng), recipe, size, resize, rng)
+    return _train_views(img, 1.0, (w, h), draw_train_params(h, w, recipe, size, rng), recipe, size, resize)
 
 
-def _train_views(img, scale, full_wh, box, recipe, size, resize, rng) -> dict:
-    top, left, ch, cw = box
+def _train_views(img, scale, full_wh, params: dict, recipe, size, resize) -> dict:
+    top, left, ch, cw = params["xe_box"]
     xe = _crop_resize(img, [v / scale for v in (left, top, left + cw, top + ch)], size)
-    if rng.random() < 0.5:
+    if params["xe_flip"]:
         xe = xe.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     out = {"xe": np.asarray(xe)}
     if recipe == "official":
         out["image"] = np.asarray(_center_view(img, scale, full_wh, resize, size))
     if recipe != "baseline":
-        crop, flip = sample_crop_flip(size, size, rng)
-        out.update(crop=np.asarray(crop, dtype=np.int64), flip=flip)
+        out.update(crop=params["crop"], flip=params["flip"])
     return out
 
 
@@ -149,8 +149,8 @@ def _center_view(img: Image.Image, scale: float, full_wh, resize: int, size: int
     """Resize(resize) + CenterCrop(size) of the full_wh image, as one resampling
     of the crop's source box from img (decoded at 1/scale)."""
     w, h = full_wh
-    nw, nh = _resized(w, h, resize)
-    top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
+    nh, nw = resize_short_side(h, w, resize)
+    top, left = center_crop_offset(nh, nw, size, size)
     sx, sy = w / nw / scale, h / nh / scale
     return img.resize((size, size), Image.BILINEAR,
                       box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
@@ -170,9 +170,9 @@ def val_view(img: Image.Image, boxes, resize: int, size: int) -> tuple[np.ndarra
     """Resize + center crop, and the boxes (0-based edges) mapped into the crop
     and clipped to it; boxes that fall outside the crop are dropped."""
     w, h = img.size
-    scale_w, scale_h = _resized(w, h, resize)
+    scale_h, scale_w = resize_short_side(h, w, resize)
     out = center_view(img, resize, size)
-    top, left = int(round((scale_h - size) / 2.0)), int(round((scale_w - size) / 2.0))
+    top, left = center_crop_offset(scale_h, scale_w, size, size)
     mapped = []
     for x0, y0, x1, y1 in boxes if boxes is not None else []:
         b = np.array([x0 * scale_w / w - left, y0 * scale_h / h - top,
@@ -181,9 +181,3 @@ def val_view(img: Image.Image, boxes, resize: int, size: int) -> tuple[np.ndarra
             mapped.append(b)
     return np.asarray(out), np.asarray(mapped, dtype=np.float32).reshape(-1, 4)
 
-
-def _resized(w: int, h: int, resize: int) -> tuple[int, int]:
-    """Output size of torchvision's Resize(resize) (short side -> resize)."""
-    if w <= h:
-        return resize, int(resize * h / w)
-    return int(resize * w / h), resize

@@ -43,10 +43,9 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from cgc_ray.geometry import IMAGENET_MEAN, IMAGENET_STD, center_crop_offset, resize_short_side
 from cgc_ray.gradcam import EPS, CamNet, gradcam_autograd, gradcam_closed_form
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 PROTOCOLS = ("resize", "center_crop", "squash")
 
 
@@ -80,22 +79,15 @@ class Geometry:
         return self.crop[2], self.crop[3]
 
 
-def _short_side(height: int, width: int, size: int) -> tuple[int, int]:
-    """torchvision's Resize(size) output (h, w): short side `size`, long side floored."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
-
-
 def geometry(height: int, width: int, protocol: str = "resize",
              short_side: int = 448, resize: int = 256, crop: int = 224) -> Geometry:
     """The `Geometry` of an image of size (height, width) under `protocol`."""
     if protocol == "resize":
-        h, w = _short_side(height, width, short_side)
+        h, w = resize_short_side(height, width, short_side)
         return Geometry((h, w), (0, 0, h, w), (height, width))
     if protocol == "center_crop":
-        h, w = _short_side(height, width, resize)
-        top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))  # as TF.center_crop
+        h, w = resize_short_side(height, width, resize)
+        top, left = center_crop_offset(h, w, crop, crop)
         return Geometry((h, w), (top, left, crop, crop), (crop, crop))
     if protocol == "squash":
         return Geometry((crop, crop), (0, 0, crop, crop), (crop, crop))
@@ -133,7 +125,7 @@ def preprocess_batch(images, geom: Geometry, device=None) -> torch.Tensor:
 def _resize_crop_normalize(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     x = TF.resize(x, list(geom.resize), antialias=True)
     top, left, h, w = geom.crop
-    return TF.normalize(x[..., top:top + h, left:left + w], MEAN, STD)
+    return TF.normalize(x[..., top:top + h, left:left + w], IMAGENET_MEAN, IMAGENET_STD)
 
 
 def usable(boxes, height: int, width: int) -> bool:
