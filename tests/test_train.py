@@ -175,6 +175,10 @@ def test_yaml_config_and_flags(tmp_path):
     assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.recipe) == ("resnet50", 5, 512, "two_view")
     assert cfg.effective_lam == 0.5 and cfg.effective_lr == pytest.approx(0.2)  # paper: lambda 0.5, lr 0.1 x 512/256
     assert parse(["--dataset", "imagenet", "--data", "x"]).epochs == 90  # the paper's preset off the laptop
+    # --data without --dataset: an ImageNet-layout root, as in jobs/evaluate.py (issue 13.3)
+    from cgc_ray.evaluation.job import parse as parse_eval
+    assert parse(["--data", "/d"]).dataset == parse_eval(["--checkpoint", "c", "--data", "/d"]).dataset == "imagenet"
+    assert parse([]).dataset == parse_eval(["--checkpoint", "c"]).dataset == "embedded"
     (tmp_path / "bad.yaml").write_text("epoch: 3\n")
     with pytest.raises(ConfigError, match=r"unknown options \['epoch'\]"):
         parse(["--config", str(tmp_path / "bad.yaml")])

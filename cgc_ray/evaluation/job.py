@@ -47,7 +47,7 @@ from torch import nn
 
 from ..data.embedded import DATASETS as EMBEDDED
 from ..data.embedded import embedded_root
-from ..data.indexers import load_or_build, unrel
+from ..data.indexers import default_dataset, load_or_build, unrel
 from ..data.manifest import Manifest
 from ..data.manifest import write as write_manifest
 from ..data.pipeline import DataSettings, fetch_decode, open_ledger, read_sizes
@@ -587,7 +587,7 @@ def parse(argv=None) -> EvalConfig:
     p.add_argument("--s3-endpoint", default=None)
     p.add_argument("--s3-region", default=None)
     a = vars(p.parse_args(argv))
-    a["dataset"] = a["dataset"] or ("imagenet" if a["data"] else "embedded")
+    a["dataset"] = default_dataset(a["dataset"], a["data"])
     a["split"] = a["split"] or ("test" if a["dataset"] == "unrel" else "val")
     for key in ("metrics", "images"):
         a[key] = tuple(v.strip() for v in a[key].split(",") if v.strip())

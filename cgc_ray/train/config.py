@@ -15,6 +15,7 @@ import torchvision
 import yaml
 
 from ..data.embedded import DATASETS as EMBEDDED
+from ..data.indexers import default_dataset
 from ..errors import UserError
 from ..gradcam import CamNet
 from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
@@ -278,7 +279,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
         values.update(_read_yaml(args.config))
     given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     values.update(given)
-    if values.get("dataset", "embedded") in EMBEDDED:
+    values["dataset"] = default_dataset(values.get("dataset"), values.get("data"))
+    if values["dataset"] in EMBEDDED:
         preset = dict(LAPTOP)
         if "warmup_epochs" not in values:  # the preset's warm-up leaves at least one full epoch
             preset["warmup_epochs"] = min(LAPTOP["warmup_epochs"], max(0, values.get("epochs", LAPTOP["epochs"]) - 1))

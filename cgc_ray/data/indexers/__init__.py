@@ -39,6 +39,12 @@ def get_indexer(name: str) -> Indexer:
     return INDEXERS[name]
 
 
+def default_dataset(dataset: str | None, data: str | None) -> str:
+    """--dataset when given; else "imagenet" for a --data root and the
+    embedded set without one: one meaning in training and evaluation."""
+    return dataset or ("imagenet" if data else "embedded")
+
+
 def default_manifest_uri(dataset: str, root: str, split: str) -> str:
     return f"{root.rstrip('/')}/_cgc_manifests/{dataset}-{split}.parquet"
 
