@@ -8,7 +8,7 @@ loss, insertion AUC) and Grad-CAM figures, on a Ray cluster.
         --use-gpu --concurrency 8 --iauc-limit 2000 --figures 8
 
 Writes results.md, results.csv, results.json and figures.png under --out
-(--help lists every option; cgc_ray/evaluation/job.py describes the pipeline).
+(--help lists every option; cgc_ray/evaluation/graph.py describes the pipeline).
 """
 
 import sys

@@ -249,6 +249,17 @@ def test_cgc_column_equals_heatmap_consistency_on_the_same_batch(e2e, ckpts, emb
         assert column[k] == pytest.approx(expected, abs=5e-5)  # 4 decimals
 
 
+def test_flags_take_their_defaults_from_the_config_fields(tmp_path, monkeypatch):
+    """One statement of each default (the EvalConfig field): the parsed command
+    line without options equals the dataclass's defaults."""
+    monkeypatch.chdir(tmp_path)
+    got = job.parse(["--checkpoint", "c"])
+    assert got == job.EvalConfig(checkpoints=(str(tmp_path / "c"),), out=str(tmp_path / "eval"))
+    got = job.parse(["--checkpoint", "c", "--metrics", "top1, ch", "--no-skip-bad", "--short-side", "96",
+                     "--dataset", "unrel", "--data", "/u"])
+    assert (got.metrics, got.skip_bad, got.short_side, got.split) == (("top1", "ch"), False, 96, "test")
+
+
 def test_figure_images_chosen_or_seeded(embedded_val):
     table = job.rows_table(embedded_val, 10)
     chosen = job.EvalConfig(checkpoints=("x",), images=("ILSVRC2012_val_00000012.JPEG", "ILSVRC2012_val_00000003.JPEG"))
