@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 from ..data.indexers import default_dataset
@@ -88,9 +89,10 @@ def parse(argv=None) -> EvalConfig:
         given[key] = tuple(given.get(key, ()))
     given["dataset"] = default_dataset(given.get("dataset"), given.get("data"))
     given["split"] = given.get("split") or ("test" if given["dataset"] == "unrel" else "val")
-    given = absolute_paths(given, ("data", "manifest", "out"))
-    given["checkpoints"] = tuple(absolute_paths({"c": c}, ("c",))["c"] for c in given["checkpoints"])
-    return EvalConfig(**given)
+    cfg = EvalConfig(**given)
+    paths = absolute_paths({k: getattr(cfg, k) for k in ("data", "manifest", "out")}, ("data", "manifest", "out"))
+    checkpoints = tuple(absolute_paths({"c": c}, ("c",))["c"] for c in cfg.checkpoints)
+    return dataclasses.replace(cfg, checkpoints=checkpoints, **paths)
 
 
 def _add_flag(p: argparse.ArgumentParser, f) -> None:
