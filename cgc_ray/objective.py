@@ -17,6 +17,7 @@ whatever the autocast dtype of the forwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -75,8 +76,8 @@ def _one_of(name, value, allowed):
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], lam: float = 1.0,
-                  tau: float = 0.5, recipe: str = "official", **options) -> CGCOutput:
+def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], config: CGCConfig | None = None,
+                  **options) -> CGCOutput:
     """Loss of one training step: CE + lam * L_CGC (Pillai et al., CVPR 2022,
     Sec. 3: InfoNCE between the Grad-CAM of T(x) and T applied to the Grad-CAM
     of x, the other images of the batch as negatives).
@@ -85,13 +86,13 @@ def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], lam: float =
     wrapped in DDP or torch.compile. batch: float (B, 3, H, W) views named by
     the recipe (see the module docstring), "label" int64 (B,) (UNLABELED = -100
     rows only feed L_CGC), "crop" int64 (B, 4) = (top, left, height, width)
-    in query pixels and "flip" bool (B,) of T. lam, tau: dimensionless;
-    options: the other CGCConfig fields. Returns a CGCOutput of fp32 scalars
+    in query pixels and "flip" bool (B,) of T. config: a CGCConfig (lam,
+    tau dimensionless), or its fields as keyword options (lam=1.0, ...). Returns a CGCOutput of fp32 scalars
     (loss differentiable). Raises ValueError for a bad option or batch
     (missing keys, shapes, dtypes, crop boxes outside the query, too few
     images for negatives), naming the key or option.
     """
-    cfg = CGCConfig(lam=lam, tau=tau, recipe=recipe, **options)
+    cfg = dataclasses.replace(config, **options) if config is not None else CGCConfig(**options)
     check_batch(batch, cfg)
     with _as_camnet(model, cfg.layer) as net:
         return _run(net, batch, cfg)

@@ -184,6 +184,23 @@ def test_yaml_config_and_flags(tmp_path):
         parse(["--config", str(tmp_path / "bad.yaml")])
 
 
+def test_presets_are_named_and_the_objective_comes_from_the_config():
+    import torch
+
+    from cgc_ray.objective import CGCConfig
+
+    assert (parse([]).preset, parse(["--dataset", "imagenet", "--data", "/d"]).preset) == ("laptop", "paper")
+    forced = parse(["--preset", "laptop", "--dataset", "imagenet", "--data", "/d", "--epochs", "3"])
+    assert (forced.image_size, forced.epochs, forced.warmup_epochs) == (112, 3, 1)  # preset under the flags
+    with pytest.raises(ConfigError, match=r"--preset must be one of \['laptop', 'paper'\], got 'fast'"):
+        parse(["--preset", "fast"])
+    cfg = parse(["--lam", "0.3", "--tau", "0.7", "--negatives", "block", "--block-size", "4", "--layer", "layer3",
+                 "--precision", "bf16", "--consistency", "mse", "--cam", "autograd"])
+    assert cfg.objective() == CGCConfig(lam=0.3, tau=0.7, negatives="block", block_size=4, layer="layer3",
+                                        amp_dtype=torch.bfloat16, consistency="mse", cam="autograd")
+    assert parse(["--recipe", "baseline"]).objective().lam == 0.0
+
+
 def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkeypatch, capsys):
     """The README's first command: the model learns (far above the 10 % of
     chance, so a pipeline that mixes images and labels or breaks their

@@ -18,15 +18,17 @@ from ..data.embedded import DATASETS as EMBEDDED
 from ..data.indexers import default_dataset
 from ..errors import UserError
 from ..gradcam import CamNet
-from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES
+from ..objective import ARRANGEMENTS, CAM_METHODS, CONSISTENCY, NEGATIVES, RECIPES, CGCConfig
 
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
 DATA_CPUS = 1.0  # a run's Ray Data tasks need a CPU the workers do not hold, or the input never moves
 PRECISIONS = ("fp32", "bf16", "fp16")
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype per --precision
 
 
 @dataclass
 class TrainConfig:
+    preset: str | None = None          # laptop or paper; None: laptop on an embedded set, else paper (flags win)
     # data
     dataset: str = "embedded"          # indexer: embedded, imagenet, cub, folder, aircraft, cars, flowers
     data: str | None = None            # root of the raw data (local path or s3://...); None: embedded cache
@@ -104,6 +106,12 @@ class TrainConfig:
             return 0.0
         return self.lam if self.lam is not None else PAPER_LAMBDA.get(self.arch, 1.0)
 
+    def objective(self) -> CGCConfig:
+        """The objective's settings (the one place TrainConfig's fields map to CGCConfig's)."""
+        return CGCConfig(lam=self.effective_lam, tau=self.tau, recipe=self.recipe, arrangement=self.arrangement,
+                         negatives=self.negatives, block_size=self.block_size, consistency=self.consistency,
+                         layer=self.layer, cam=self.cam, amp_dtype=AMP_DTYPES[self.precision])
+
     def bad_image_limit(self, train_images: int) -> int | None:
         """Unreadable images allowed: --max-bad-images, and no more than --max-bad-share of the set."""
         limits = [v for v in (self.max_bad_images, None if self.max_bad_share is None
@@ -124,6 +132,11 @@ class TrainConfig:
 # lr 0.1 at batch 256 is the paper's (0.0125 at 32), warmed up over the first epoch; x 0.1 for the last.
 LAPTOP = dict(epochs=5, batch_size=32, image_size=112, resize_size=128, lr=0.1, warmup_epochs=1.0,
               lr_milestones="4", num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
+
+
+# Named presets, merged once in `parse` under the flags and the YAML file: "paper" is the dataclass
+# defaults (the paper's ImageNet recipe); "laptop" the embedded default run.
+PRESETS = {"paper": {}, "laptop": LAPTOP}
 
 
 class ConfigError(UserError):
@@ -280,12 +293,13 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     given = {k: v for k, v in vars(args).items() if k != "config" and v is not None}
     values.update(given)
     values["dataset"] = default_dataset(values.get("dataset"), values.get("data"))
-    if values["dataset"] in EMBEDDED:
-        preset = dict(LAPTOP)
-        if "warmup_epochs" not in values:  # the preset's warm-up leaves at least one full epoch
-            preset["warmup_epochs"] = min(LAPTOP["warmup_epochs"], max(0, values.get("epochs", LAPTOP["epochs"]) - 1))
-        values = {**preset, **values}
-    return TrainConfig(**absolute_paths(values, PATH_FIELDS))
+    values["preset"] = values.get("preset") or ("laptop" if values["dataset"] in EMBEDDED else "paper")
+    if values["preset"] not in PRESETS:
+        raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {values['preset']!r}")
+    preset = dict(PRESETS[values["preset"]])
+    if "warmup_epochs" in preset and "warmup_epochs" not in values:  # leave at least one full epoch
+        preset["warmup_epochs"] = min(preset["warmup_epochs"], max(0, values.get("epochs", preset["epochs"]) - 1))
+    return TrainConfig(**absolute_paths({**preset, **values}, PATH_FIELDS))
 
 
 PATH_FIELDS = ("data", "manifest_dir", "train_manifest", "val_manifest", "weights", "storage_path")

@@ -40,8 +40,6 @@ from .model import build_model
 from .schedule import build_optimizer, build_scheduler
 from .watchdog import Beat
 
-AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def train_loop(loop_config: dict) -> None:
     """One Ray Train worker's training (TorchTrainer's train_loop_per_worker).
@@ -74,9 +72,7 @@ def train_loop(loop_config: dict) -> None:
     net = ray.train.torch.prepare_model(CamNet(model, cfg.layer))
     if cfg.compile:
         net = torch.compile(net)
-    objective = CGCConfig(lam=cfg.effective_lam, tau=cfg.tau, recipe=cfg.recipe, arrangement=cfg.arrangement,
-                          negatives=cfg.negatives, block_size=cfg.block_size, consistency=cfg.consistency,
-                          layer=cfg.layer, cam=cfg.cam, amp_dtype=AMP[cfg.precision])
+    objective = cfg.objective()
     steps_per_epoch = loop_config["steps_per_epoch"]
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch)
@@ -119,7 +115,7 @@ def train_loop(loop_config: dict) -> None:
                 raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device, on_failure=on_bad,
                                    on_fallback=cpu_decoded.extend)
             batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
-            out = cgc_objective(net, batch, **vars(objective))
+            out = cgc_objective(net, batch, objective)
             opt.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()
             scaler.step(opt)

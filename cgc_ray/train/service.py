@@ -93,7 +93,8 @@ def run(cfg: TrainConfig) -> dict:
                   **{f"val_{k}": val_dataset(val_uri, settings, (k, cfg.num_workers)) for k in range(cfg.num_workers)}},
         dataset_config=data_config(settings),
     )
-    print(f"run {cfg.name!r}: {cfg.arch} {cfg.recipe} (lambda {cfg.effective_lam}, tau {cfg.tau}) on "
+    print(f"run {cfg.name!r} (preset {cfg.preset or 'paper'}): {cfg.arch} {cfg.recipe} (lambda {cfg.effective_lam}, "
+          f"tau {cfg.tau}) on "
           f"{len(train_m)} {cfg.dataset} images, {cfg.num_workers} workers, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps; storage {_run_uri(cfg)}", flush=True)
     started = time.time()
@@ -165,7 +166,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints", "checkpoint_every_steps", "s3_endpoint", "s3_region", "reindex", "manifest_dir",
     "max_bad_images", "num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "share_gpus",
     "placement_strategy", "autoscaling", "gpu_decode", "decode_batch", "object_store_limit_gb", "val_batches",
-    "stall_seconds",
+    "stall_seconds", "preset",
 }
 
 
