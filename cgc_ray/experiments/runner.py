@@ -156,14 +156,15 @@ def _storage(cfg: TrainConfig) -> StorageOptions:
 # --- the driver ----------------------------------------------------------------------------------
 
 def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, table_only: bool = False,
-              max_concurrent: int | None = None) -> int:
-    """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
+              max_concurrent: int | None = None, note: str | None = None) -> int:
+    """Runs (or resumes) the sweep, then writes its tables (with `note` under
+    each, where given); returns the number of failed trials."""
     failed = [] if table_only else _tune(sweep, specs, max_concurrent)
     rows = load_rows(sweep)
     if not rows:
         print(f"no results stored under {sweep.path('results')}", flush=True)
     else:
-        write_tables(sweep, rows, layouts)
+        write_tables(sweep, rows, layouts, note)
     for error in failed:
         print(f"trial failed: {error}", flush=True)
     return len(failed) or (0 if rows else 1)  # a sweep with nothing stored has not succeeded
@@ -255,11 +256,12 @@ def load_rows(sweep: Sweep) -> list[dict]:
     return sorted((json.loads(read_bytes(scheme + f, sweep.storage)) for f in files), key=lambda r: r["key"])
 
 
-def write_tables(sweep: Sweep, rows: list[dict], layouts: dict[str, Callable]) -> None:
+def write_tables(sweep: Sweep, rows: list[dict], layouts: dict[str, Callable], note: str | None = None) -> None:
     """results.jsonl and each layout as <name>.md and <name>.csv, from the stored rows only."""
     write_bytes(sweep.path("results.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode(), sweep.storage)
     for name, layout in layouts.items():
         table = layout(rows)
+        table.note = note or table.note
         write_bytes(sweep.path(f"{name}.md"), tables.to_markdown(table).encode(), sweep.storage)
         write_bytes(sweep.path(f"{name}.csv"), tables.to_csv(table).encode(), sweep.storage)
         print(f"\n{tables.to_markdown(table)}\n-> {sweep.path(name + '.md')} (.csv)", flush=True)

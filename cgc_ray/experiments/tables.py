@@ -65,12 +65,15 @@ class Table:
     title: str
     header: list[str]
     rows: list[list] = field(default_factory=list)
+    note: str | None = None  # printed under the table: what its numbers can and cannot say
 
 
 def to_markdown(table: Table) -> str:
     lines = [f"**{table.title}**", "", "| " + " | ".join(table.header) + " |",
              "|" + "---|" * len(table.header)]
     lines += ["| " + " | ".join(_text(c) for c in row) + " |" for row in table.rows]
+    if table.note:
+        lines += ["", f"> {table.note}"]
     return "\n".join(lines) + "\n"
 
 
