@@ -118,7 +118,7 @@ def unwrap(net: nn.Module) -> CamNet:
 
 
 def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Tensor,
-                     per_image: bool = False) -> torch.Tensor:
+                     per_image: bool = False, create_graph: bool = True) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al., ICCV 2017, Eq. 1-2), differentiable (create_graph).
 
     logits: (B, classes); feats: (B, K, h, w) activations `logits` were computed
@@ -128,12 +128,17 @@ def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Te
     exact when image i's logits depend on feats[i] alone. Where they do not
     (a batch-statistics BatchNorm after the layer: `CamNet.batch_coupled`),
     per_image=True takes the diagonal blocks d logit_i / d feats[i] of the
-    Jacobian, vectorised over images (B backward passes' work, in chunks of
-    at most ~PER_IMAGE_ELEMENTS gradient elements), so no image's map depends
-    on another image's target.
+    Jacobian, vectorised over images, so no image's map depends on another
+    image's target: B backward passes' work, each chunk's gradients at most
+    ~PER_IMAGE_ELEMENTS elements; with create_graph the graph kept for the
+    double backward still grows with B^2 x the activations' size.
+    create_graph=False (evaluation: maps only) keeps no graph.
     """
     score = logits.gather(1, target[:, None])[:, 0]
-    grad = _per_image_grad(score, feats) if per_image else torch.autograd.grad(score.sum(), feats, create_graph=True)[0]
+    if per_image:
+        grad = _per_image_grad(score, feats, create_graph)
+    else:
+        grad = torch.autograd.grad(score.sum(), feats, create_graph=create_graph)[0]
     weights = fp32(grad).mean(dim=(2, 3), keepdim=True)
     return F.relu((weights * fp32(feats)).sum(1))
 
@@ -141,7 +146,7 @@ def gradcam_autograd(logits: torch.Tensor, feats: torch.Tensor, target: torch.Te
 PER_IMAGE_ELEMENTS = 1 << 26  # 256 MiB of fp32 gradients per chunk
 
 
-def _per_image_grad(score: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+def _per_image_grad(score: torch.Tensor, feats: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """d score[i] / d feats[i] for every i: (B, K, h, w)."""
     b = score.shape[0]
     eye = torch.eye(b, dtype=score.dtype, device=score.device)
@@ -150,7 +155,7 @@ def _per_image_grad(score: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     for start in range(0, b, chunk):
         sel = eye[start:start + chunk]  # (c, B): one-hot rows for images start..start+c
         grads, = torch.autograd.grad(score, feats, grad_outputs=sel, is_grads_batched=True,
-                                     create_graph=True, retain_graph=True)
+                                     create_graph=create_graph, retain_graph=True)
         idx = torch.arange(start, start + sel.shape[0], device=feats.device)
         rows.append(grads[torch.arange(sel.shape[0], device=feats.device), idx])
     return torch.cat(rows)

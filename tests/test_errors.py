@@ -58,3 +58,10 @@ def test_a_sweep_grid_that_is_not_numbers_is_named(tmp_path, capsys):
 
     assert lambda_sweep.main(["--lam", "0,x", "--storage-path", str(tmp_path)]) == 2
     assert "error: --lam must be comma-separated floats, got '0,x'" in capsys.readouterr().err
+
+
+def test_a_missing_labels_file_is_named(tmp_path):
+    from cgc_ray.experiments.episodes import read_split_file
+
+    with pytest.raises(MissingData, match=rf"--labels-file {tmp_path}/1percent.txt: no such file"):
+        read_split_file(str(tmp_path / "1percent.txt"))

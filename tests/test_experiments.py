@@ -226,16 +226,16 @@ def tables_md(table) -> str:
 
 
 def test_a_no_argument_sweep_says_it_is_a_smoke_run():
-    """Issue 12.4: a 1-epoch table on the embedded set is labelled as what it is;
-    a run with models that learn (the miniature's preset, or more epochs) is not."""
+    """Issue 12.4: a table of 1-epoch runs on the embedded set is labelled as
+    what it is, from the stored rows' configs; runs that learn are not."""
     import lambda_sweep
     import miniature
 
-    from cgc_ray.experiments import cli
-
-    note = cli.smoke_note(lambda_sweep.parse([]).base)
+    smoke = lambda_sweep.parse([]).base.to_dict()
+    note = tables.smoke_note([smoke, smoke])
     assert note.startswith("Smoke run: 1 epoch at 64 px on the generated embedded set") and "miniature.py" in note
-    assert cli.smoke_note(lambda_sweep.parse(["--epochs", "4"]).base) is None
-    assert cli.smoke_note(miniature.parse([]).base) is None
+    assert tables.smoke_note([smoke, {**smoke, "epochs": 4}]) is None
+    assert tables.smoke_note([miniature.parse([]).base.to_dict()]) is None
+    assert tables.smoke_note([{**smoke, "dataset": "cub"}]) is None
     md = tables.to_markdown(tables.Table("T", ["a"], [[1]], note=note))
     assert md.endswith(f"| 1 |\n\n> {note}\n")

@@ -168,3 +168,24 @@ def test_folder_boxes_file_without_a_column_is_named(tmp_path):
     write(tmp_path / "train_boxes.csv", "path,xmin,ymin,xmax\ncat/a.jpg,1,1,4\n")
     with pytest.raises(ValueError, match=r"train_boxes.csv: no column ymax"):
         load_or_build("folder", str(tmp_path), "train")
+
+
+def test_a_cache_from_before_the_box_checks_is_indexed_again(tmp_path):
+    """A format-1 manifest (written before boxes outside the image were
+    dropped and counted) is rebuilt, not served with its silent zero counts."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
+    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
+    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
+          "<annotation><size><width>20</width><height>10</height></size><object><name>n01</name><bndbox>"
+          "<xmin>25</xmin><ymin>2</ymin><xmax>30</xmax><ymax>7</ymax></bndbox></object></annotation>")
+    manifest, uri = load_or_build("imagenet", str(tmp_path), "val")
+    table = pq.read_table(uri)
+    meta = json.loads(table.schema.metadata[b"cgc_ray"])
+    pq.write_table(table.replace_schema_metadata({"cgc_ray": json.dumps({**meta, "format": 1, "notes": {}})}), uri)
+    assert load_or_build("imagenet", str(tmp_path), "val", uri)[0].format == 2  # read back: rebuilt
+    again, _ = load_or_build("imagenet", str(tmp_path), "val", uri)
+    assert again.format == 2 and again.notes == {"boxes_outside_image": 1, "images_without_usable_box": 1}

@@ -22,8 +22,8 @@ CPU_RUN = {"workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0, "data_cpu
     ("starting", 0, {"CPU": 0.0}, "run 'r': no worker has started after 130 s; waiting for resources: the run asks "
      "for 2 workers x 1 CPU, plus 1 CPU for its input pipeline, and the cluster has 0 of 2 CPUs free. An "
      "autoscaling cluster adds nodes for it; otherwise lower --num-workers or --cpus-per-worker"),
-    ("started", 0, {}, "run 'r': no training step for 130 s before the first batch; the workers wait for data: "
-     "the input pipeline's read/decode tasks need a free CPU, and the cluster has 0 of 2 CPUs free (none: they "
+    ("started", 0, {}, "run 'r': no training step for 130 s before the first batch of the epoch; the workers wait "
+     "for data: the input pipeline's read/decode tasks need a free CPU, and the cluster has 0 of 2 CPUs free (none: they "
      "cannot run until one frees up)"),
     ("training", 40, {"CPU": 1.5}, "run 'r': no training step for 130 s since global step 40; the workers wait "
      "for data: the input pipeline's read/decode tasks need a free CPU, and the cluster has 1.5 of 2 CPUs free"),

@@ -11,7 +11,8 @@ A VOC/ImageNet XML box (xmin, ymin, xmax, ymax), 1-based and inclusive,
 becomes [xmin - 1, ymin - 1, xmax, ymax]. Corners in the wrong order are put
 in order; a box with no area inside its image (where the annotation gives the
 image size) is dropped, and an image left with none has an empty box list:
-"no usable box". Both are counted in `Manifest.notes`.
+"no usable box". `build` counts what it drops in `Manifest.notes`;
+`load_or_build` adds the reordered corners counted while indexing.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ SCHEMA = pa.schema([
     ("width", pa.int32()),
     ("height", pa.int32()),
 ])
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: boxes with no area inside the image dropped, box fixes counted in the notes
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Manifest:
     split: str
     root: str
     notes: dict = field(default_factory=dict)  # box fixes made while indexing: {"boxes_reordered": n, ...}
+    format: int = FORMAT_VERSION               # of the file it was read from (1: before the box checks)
 
     def __len__(self):
         return self.table.num_rows
@@ -157,7 +160,8 @@ def read(uri: str, options: StorageOptions = StorageOptions()) -> Manifest:
     if raw is None:
         raise DataError(f"{uri} is not a cgc_ray manifest (no 'cgc_ray' schema metadata)")
     meta = json.loads(raw)
-    if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{uri}: manifest format {meta.get('format')}, this version reads {FORMAT_VERSION}; rebuild it")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise DataError(f"{uri}: manifest format {meta.get('format')}, this version reads {READABLE_FORMATS}; "
+                        "rebuild it")
     return Manifest(table.cast(SCHEMA), meta["classes"], meta["dataset"], meta["split"], meta["root"],
-                    meta.get("notes", {}))
+                    meta.get("notes", {}), meta["format"])

@@ -235,7 +235,7 @@ def class_gradcam(net: CamNet, x: torch.Tensor, target: torch.Tensor) -> tuple[t
             return logits, gradcam_closed_form(feats, fc.weight, target)
     with torch.enable_grad():
         logits, feats = net(x.detach().requires_grad_())
-        cam = gradcam_autograd(logits, feats, target, per_image=net.batch_coupled)
+        cam = gradcam_autograd(logits, feats, target, per_image=net.batch_coupled, create_graph=False)
     return logits.detach(), cam.detach()
 
 

@@ -1,15 +1,14 @@
 """The evaluation's Ray Data graph: two passes over the images, each a
 pipeline (`preserve_order`):
 
-Two passes over the images, each a Ray Data pipeline (`preserve_order`):
-
     rows (from_arrow, blocks of `decode_batch` rows)
     -> decode_rows (CPU tasks): read + decode_rgb; unreadable images are
        dropped (and, in the first pass, recorded in a ledger actor)
     -> repartition(batch_size, strict=True): blocks of exactly `batch_size`
        consecutive decoded images (the last one may be shorter)
-    -> BatchMetrics (actor pool, one GPU each with --use-gpu): every
-       checkpoint loaded once per actor; per-image results out
+    -> BatchMetrics (first pass) or CHMetrics (second), an actor pool, one
+       GPU each with --use-gpu: every checkpoint loaded once per actor;
+       per-image results out
     -> the driver sums them up (report.Totals), one batch at a time.
 
 1. "batches", in manifest order: top-1/top-5, the CGC loss and IAUC. The

@@ -121,7 +121,7 @@ def run(cfg: EvalConfig) -> dict:
                            ch_without_boxes_examples=no_boxes["examples"],
                            boxes_reordered=manifest.notes.get("boxes_reordered", 0),
                            boxes_outside_image=manifest.notes.get("boxes_outside_image", 0))
-    if totals.no_usable_box:
+    if "ch" in cfg.metrics and totals.no_usable_box:
         print(f"not scored for CH: {totals.no_usable_box} images whose boxes have no area inside the decoded "
               "image (ch_images_without_usable_box in results.json)", flush=True)
     files = report.write(cfg.out, summary, storage)

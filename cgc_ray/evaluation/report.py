@@ -90,7 +90,7 @@ def summarize(cfg, manifest, rows: int, metas: list[dict], labels: list[str], to
         "data": {"dataset": cfg.dataset, "split": cfg.split, "root": manifest.root, "manifest_rows": len(manifest),
                  "rows_evaluated": rows, "images": totals.images, "skipped_images": bad["skipped_images"],
                  "skipped_examples": bad["examples"], "images_with_boxes": totals.with_boxes,
-                 "clamped_boxes": totals.clamped, "ch_images_without_usable_box": totals.no_usable_box,
+                 "clamped_boxes": totals.clamped, "ch_images_without_usable_box": totals.no_usable_box if "ch" in cfg.metrics else None,
                  "cgc_batches": full,
                  "cgc_images_dropped": totals.images - full * cfg.batch_size},
         "checkpoints": [{"label": lab, "uri": uri, "meta": {k: v for k, v in m.items() if k != "classes"},

@@ -80,21 +80,10 @@ def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: di
 def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[dict]]) -> int:
     """Runs (or resumes) the sweep of `trials(req, sweep)`, or with --table-only
     only rewrites its tables; returns the number of failed trials."""
-    sw, note = req.sweep, smoke_note(req.base)
+    sw = req.sweep
     if req.args.table_only:
-        return runner.run_sweep(sw, [], layouts, table_only=True, note=note)
-    return runner.run_sweep(sw, trials(req, sw), layouts, max_concurrent=req.args.max_concurrent_trials, note=note)
-
-
-def smoke_note(cfg: TrainConfig) -> str | None:
-    """What a table of a one-epoch run on the embedded set (the sweeps'
-    no-argument TINY preset) can and cannot say, printed and stored with it."""
-    if cfg.dataset not in EMBEDDED or cfg.epochs > 1:
-        return None
-    return (f"Smoke run: {cfg.epochs} epoch at {cfg.image_size} px on the generated {cfg.dataset} set checks "
-            "that the sweep, its trials and its tables work; its numbers are near chance and compare no "
-            "method. The paper's comparisons on the embedded set, with models that learn: python "
-            "jobs/miniature.py; on real data: the --datasets and --epochs of the README.")
+        return runner.run_sweep(sw, [], layouts, table_only=True)
+    return runner.run_sweep(sw, trials(req, sw), layouts, max_concurrent=req.args.max_concurrent_trials)
 
 
 def dataset_configs(req: Request) -> Iterator[tuple[str, TrainConfig]]:

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..data.manifest import Manifest, write
 from ..data.storage import StorageOptions, read_bytes, write_bytes
-from ..errors import DataError, UserError
+from ..errors import DataError, MissingData, UserError
 from ..objective import UNLABELED
 
 
@@ -115,7 +115,11 @@ def match_labeled(manifest: Manifest, lines: list[str]) -> np.ndarray:
 
 
 def read_split_file(uri: str, options: StorageOptions = StorageOptions()) -> list[str]:
-    return read_bytes(uri, options).decode().splitlines()
+    """The lines of a label-split file (--labels-file); MissingData where there is none."""
+    try:
+        return read_bytes(uri, options).decode().splitlines()
+    except FileNotFoundError:
+        raise MissingData(f"--labels-file {uri}: no such file") from None
 
 
 def write_split_file(manifest: Manifest, rows, uri: str, options: StorageOptions = StorageOptions()) -> None:

@@ -156,15 +156,14 @@ def _storage(cfg: TrainConfig) -> StorageOptions:
 # --- the driver ----------------------------------------------------------------------------------
 
 def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, table_only: bool = False,
-              max_concurrent: int | None = None, note: str | None = None) -> int:
-    """Runs (or resumes) the sweep, then writes its tables (with `note` under
-    each, where given); returns the number of failed trials."""
+              max_concurrent: int | None = None) -> int:
+    """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
     failed = [] if table_only else _tune(sweep, specs, max_concurrent)
     rows = load_rows(sweep)
     if not rows:
         print(f"no results stored under {sweep.path('results')}", flush=True)
     else:
-        write_tables(sweep, rows, layouts, note)
+        write_tables(sweep, rows, layouts)
     for error in failed:
         print(f"trial failed: {error}", flush=True)
     return len(failed) or (0 if rows else 1)  # a sweep with nothing stored has not succeeded
@@ -174,10 +173,10 @@ def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     fs, root = resolve(sweep.storage_path, sweep.storage)
+    concurrent = max_concurrent or _fitting_now(specs[0]["train"])  # refused before specs.json is written
     pending = _pending(sweep, specs)
     if not pending:
         return []
-    concurrent = max_concurrent or _fitting_now(specs[0]["train"])
     print(f"sweep {sweep.uri}: {len(pending)} trials to run, up to {concurrent or 'all'} at a time", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(trial, {"cpu": TRIAL_CPUS}), param_space={"spec": tune.grid_search(pending)},
@@ -256,8 +255,10 @@ def load_rows(sweep: Sweep) -> list[dict]:
     return sorted((json.loads(read_bytes(scheme + f, sweep.storage)) for f in files), key=lambda r: r["key"])
 
 
-def write_tables(sweep: Sweep, rows: list[dict], layouts: dict[str, Callable], note: str | None = None) -> None:
-    """results.jsonl and each layout as <name>.md and <name>.csv, from the stored rows only."""
+def write_tables(sweep: Sweep, rows: list[dict], layouts: dict[str, Callable]) -> None:
+    """results.jsonl and each layout as <name>.md and <name>.csv, from the
+    stored rows only (a smoke run's tables say so: `tables.smoke_note`)."""
+    note = tables.smoke_note([r["config"] for r in rows])
     write_bytes(sweep.path("results.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode(), sweep.storage)
     for name, layout in layouts.items():
         table = layout(rows)

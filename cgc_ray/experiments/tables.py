@@ -25,6 +25,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from ..data.embedded import DATASETS as EMBEDDED_SETS
+
 NA = "—"
 DATASET_ORDER = ("cub", "aircraft", "cars", "flowers")
 
@@ -66,6 +68,19 @@ class Table:
     header: list[str]
     rows: list[list] = field(default_factory=list)
     note: str | None = None  # printed under the table: what its numbers can and cannot say
+
+
+def smoke_note(configs: list[dict]) -> str | None:
+    """What the table of one-epoch runs on the embedded set (the sweeps'
+    no-argument preset) can and cannot say; None where a run trained longer
+    or on other data. configs: the stored rows' training configs."""
+    if not configs or any(c["dataset"] not in EMBEDDED_SETS or c["epochs"] > 1 for c in configs):
+        return None
+    c = configs[0]
+    return (f"Smoke run: {c['epochs']} epoch at {c['image_size']} px on the generated {c['dataset']} set checks "
+            "that the sweep, its trials and its tables work; its numbers are near chance and compare no "
+            "method. The paper's comparisons on the embedded set, with models that learn: python "
+            "jobs/miniature.py; on real data: the --datasets and --epochs of the README.")
 
 
 def to_markdown(table: Table) -> str:

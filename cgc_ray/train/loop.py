@@ -122,7 +122,7 @@ def train_loop(loop_config: dict) -> None:
             scaler.update()
             sched.step()
             step, global_step = step + 1, global_step + 1
-            beat("training", global_step)
+            beat("training", global_step, force=step == position["step_in_epoch"] + 1)  # an epoch's first step at once
             _maybe_die(loop_config.get("fault"), rank, global_step)
             telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
                            wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
@@ -143,6 +143,7 @@ def train_loop(loop_config: dict) -> None:
             _log_epoch(loop_config.get("run_uri"), loop_config["storage"], metrics)
         beat("checkpointing", global_step, force=True)
         _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
+        beat("started", global_step, force=True)  # what follows waits for the next epoch's data
         position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
 
 

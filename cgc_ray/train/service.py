@@ -72,7 +72,6 @@ def run(cfg: TrainConfig) -> dict:
     write_config(cfg, storage)
     ledger = open_ledger(settings.ledger)
     progress_name = f"cgc-progress-{cfg.name}"
-    progress = open_progress(progress_name)
     fs, run_root = resolve(cfg.storage_path, storage)
     trainer = TorchTrainer(
         train_loop,
@@ -98,6 +97,7 @@ def run(cfg: TrainConfig) -> dict:
           f"{len(train_m)} {cfg.dataset} images, {cfg.num_workers} workers, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps; storage {_run_uri(cfg)}", flush=True)
     started = time.time()
+    progress = open_progress(progress_name)  # the watchdog's; killed when fit ends
     request = {"workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker, "data_cpus": DATA_CPUS,
                "gpus_per_worker": cfg.gpus_per_worker if cfg.use_gpu else 0}
     try:

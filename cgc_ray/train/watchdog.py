@@ -70,7 +70,7 @@ def stall_message(run: str, phase: str, step: int, idle: float, request: dict, f
                 f"input pipeline too); {have}")
     if phase == "checkpointing":
         return f"run {run!r}: writing the checkpoint of global step {step} for {idle:.0f} s (to --storage-path)"
-    where = "before the first batch" if phase == "started" else f"since global step {step}"
+    where = "before the first batch of the epoch" if phase == "started" else f"since global step {step}"
     return (f"run {run!r}: no training step for {idle:.0f} s {where}; the workers wait for data: the input "
             f"pipeline's read/decode tasks need a free CPU, and {have}"
             + ("" if free.get("CPU", 0) >= 1 else " (none: they cannot run until one frees up)"))

@@ -16,7 +16,7 @@ import pkgutil
 from typing import Callable
 
 from ...errors import DataError, MissingData, UserError
-from ..manifest import Manifest, counting_box_fixes, read, write
+from ..manifest import FORMAT_VERSION, Manifest, counting_box_fixes, read, write
 from ..storage import StorageOptions, exists, split_uri
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,14 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
     uri = manifest_uri or default_manifest_uri(dataset, root, split)
     if not rebuild and exists(uri, options):
         cached = read(uri, options)
-        if (cached.dataset, cached.root, cached.split) == (dataset, root, split):
+        if (cached.dataset, cached.root, cached.split) != (dataset, root, split):
+            log.warning("%s was built from %s %s %s, not %s %s %s: indexing again", uri, cached.dataset,
+                        cached.root, cached.split, dataset, root, split)
+        elif cached.format < FORMAT_VERSION:  # made before the box checks: boxes and their counts redone
+            log.warning("%s is manifest format %d (this version writes %d): indexing again", uri, cached.format,
+                        FORMAT_VERSION)
+        else:
             return cached, uri
-        log.warning("%s was built from %s %s %s, not %s %s %s: indexing again", uri, cached.dataset, cached.root,
-                    cached.split, dataset, root, split)
     with counting_box_fixes() as fixes:
         manifest = _index(indexer, dataset, root, split, options)
     manifest.notes.update(fixes)
