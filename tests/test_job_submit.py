@@ -124,7 +124,7 @@ def test_ray_job_submit_runs_a_tune_sweep(head, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
-    assert "sweep " in log and "1 trials, up to" in log
+    assert "sweep " in log and "1 trials to run, up to" in log
     assert re.search(r"\| 0\.5 \| [^|]+ \| [^|]+ \|", log), log[-3000:]  # the Table 10 row, in the job log
     rows = (tmp_path / "submitted-sweep" / "results.jsonl").read_text().splitlines()
     assert len(rows) == 1 and '"lam": 0.5' in rows[0]
