@@ -45,6 +45,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from cgc_ray.data.manifest import has_area
 from cgc_ray.geometry import IMAGENET_MEAN, IMAGENET_STD, center_crop_offset, resize_short_side
 from cgc_ray.gradcam import EPS, CamNet, gradcam_autograd, gradcam_closed_form
 
@@ -131,10 +132,11 @@ def _resize_crop_normalize(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
 
 
 def usable(boxes, height: int, width: int) -> bool:
-    """Whether any of the boxes (n, 4) has area inside a height x width image:
-    an image without one has no content to score (CH NaN, counted), not CH 0."""
-    b, _ = clamp_boxes(boxes, height, width)
-    return bool(((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).any())
+    """Whether any of the boxes (n, 4) has area inside a height x width image
+    (the manifest's rule, `has_area`): an image without one has no content to
+    score (CH NaN, counted), not CH 0."""
+    rows = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4).tolist()
+    return any(has_area(box, width, height) for box in rows)
 
 
 def clamp_boxes(boxes, height: int, width: int) -> tuple[torch.Tensor, int]:
