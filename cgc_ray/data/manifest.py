@@ -68,8 +68,9 @@ _box_fixes: ContextVar[Counter | None] = ContextVar("box_fixes", default=None)
 
 @contextlib.contextmanager
 def counting_box_fixes():
-    """Counts `voc_to_edges`' reordered corners and `build`'s dropped boxes
-    while an indexer runs: yields a Counter."""
+    """Counts `voc_to_edges`' reordered corners while an indexer runs (they
+    happen before `build`, which counts its own drops in the notes): yields a
+    Counter."""
     counts = Counter()
     token = _box_fixes.set(counts)
     try:
@@ -78,10 +79,10 @@ def counting_box_fixes():
         _box_fixes.reset(token)
 
 
-def _count(kind: str, n: int = 1) -> None:
+def _count(kind: str) -> None:
     counts = _box_fixes.get()
-    if counts is not None and n:
-        counts[kind] += n
+    if counts is not None:
+        counts[kind] += 1
 
 
 def voc_to_edges(xmin, ymin, xmax, ymax, where: str = "<box>") -> list[float]:
@@ -118,8 +119,6 @@ def build(rows: list[dict], classes: list[str], dataset: str, split: str, root: 
         "width": [r.get("width") for r in rows],
         "height": [r.get("height") for r in rows],
     }
-    for kind, n in dropped.items():
-        _count(kind, n)
     return Manifest(pa.table(columns, schema=SCHEMA), list(classes), dataset, split, root, dict(dropped))
 
 

@@ -80,10 +80,10 @@ def load_or_build(dataset: str, root: str, split: str, manifest_uri: str | None 
             return cached, uri
     with counting_box_fixes() as fixes:
         manifest = _index(indexer, dataset, root, split, options)
-    manifest.notes.update(fixes)
-    if fixes:
+    manifest.notes.update(fixes)  # build's drops are there already; the reordered corners join them
+    if manifest.notes:
         log.warning("indexed %s %s with box fixes: %s", dataset, split,
-                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(fixes.items())))
+                    ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(manifest.notes.items())))
     try:
         write(manifest, uri, options)
     except OSError as e:
