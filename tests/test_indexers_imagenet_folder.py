@@ -14,6 +14,22 @@ def rows(manifest):
             for u, lab, b, w, h in zip(t["uri"], t["label"], t["boxes"], t["width"], t["height"])]
 
 
+def one_val_image(root, annotation: str) -> None:
+    """An ImageNet tree with class n01 and one validation image, whose XML
+    holds `annotation` inside <annotation>."""
+    jpeg(root / "train" / "n01" / "a.JPEG")
+    jpeg(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    write(root / "val_xml" / "ILSVRC2012_val_00000001.xml", f"<annotation>{annotation}</annotation>")
+
+
+def box_xml(xmin, ymin, xmax, ymax) -> str:
+    return (f"<object><name>n01</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+            f"<ymax>{ymax}</ymax></bndbox></object>")
+
+
+SIZE_20x10 = "<size><width>20</width><height>10</height></size>"
+
+
 def test_val_only_copy_labelled_by_loc_val_solution(tmp_path):
     """No train/: the classes are LOC_synset_mapping.txt's wnids, sorted; labels
     and boxes from the CSV (1-based inclusive, as the XML); only the boxes of
@@ -125,20 +141,13 @@ def test_a_shared_manifest_cache_never_hands_one_root_anothers_images(tmp_path):
      r"ILSVRC2012_val_00000001.xml <object> n01: box field ymin is 'x', not a number"),
 ])
 def test_broken_box_files_are_named_with_the_field(tmp_path, bndbox, message):
-    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
-    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
-    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
-          f"<annotation><object><name>n01</name>{bndbox}</object></annotation>")
+    one_val_image(tmp_path, f"<object><name>n01</name>{bndbox}</object>")
     with pytest.raises(ValueError, match=message):
         load_or_build("imagenet", str(tmp_path), "val")
 
 
 def test_box_corners_in_the_wrong_order_are_put_in_order(tmp_path):
-    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
-    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
-    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
-          "<annotation><object><name>n01</name><bndbox><xmin>9</xmin><ymin>2</ymin><xmax>3</xmax><ymax>7</ymax>"
-          "</bndbox></object></annotation>")
+    one_val_image(tmp_path, box_xml(9, 2, 3, 7))
     manifest, uri = load_or_build("imagenet", str(tmp_path), "val")
     assert manifest.table.column("boxes").to_pylist() == [[[2.0, 1.0, 9.0, 7.0]]]  # VOC 3..9 x 2..7, 0-based edges
     assert manifest.notes == {"boxes_reordered": 1}
@@ -154,10 +163,8 @@ def test_a_box_with_no_area_inside_its_image_is_dropped_and_counted(tmp_path):
                3: [(1, 11, 5, 15)]}                 # below the image
     for n, boxes in objects.items():
         jpeg(tmp_path / "val" / f"ILSVRC2012_val_0000000{n}.JPEG")
-        xml = "".join(f"<object><name>n01</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
-                      f"<ymax>{d}</ymax></bndbox></object>" for a, b, c, d in boxes)
         write(tmp_path / "val_xml" / f"ILSVRC2012_val_0000000{n}.xml",
-              f"<annotation><size><width>20</width><height>10</height></size>{xml}</annotation>")
+              f"<annotation>{SIZE_20x10}{''.join(box_xml(*b) for b in boxes)}</annotation>")
     manifest, _ = load_or_build("imagenet", str(tmp_path), "val")
     assert manifest.table.column("boxes").to_pylist() == [[[2.0, 1.0, 9.0, 7.0]], [], []]
     assert manifest.notes == {"boxes_outside_image": 3, "images_without_usable_box": 2}
@@ -177,12 +184,8 @@ def test_a_cache_from_before_the_box_checks_is_indexed_again(tmp_path):
 
     import pyarrow.parquet as pq
 
-    jpeg(tmp_path / "train" / "n01" / "a.JPEG")
-    jpeg(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG")
-    write(tmp_path / "val_xml" / "ILSVRC2012_val_00000001.xml",
-          "<annotation><size><width>20</width><height>10</height></size><object><name>n01</name><bndbox>"
-          "<xmin>25</xmin><ymin>2</ymin><xmax>30</xmax><ymax>7</ymax></bndbox></object></annotation>")
-    manifest, uri = load_or_build("imagenet", str(tmp_path), "val")
+    one_val_image(tmp_path, SIZE_20x10 + box_xml(25, 2, 30, 7))
+    _, uri = load_or_build("imagenet", str(tmp_path), "val")
     table = pq.read_table(uri)
     meta = json.loads(table.schema.metadata[b"cgc_ray"])
     pq.write_table(table.replace_schema_metadata({"cgc_ray": json.dumps({**meta, "format": 1, "notes": {}})}), uri)
