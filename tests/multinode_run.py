@@ -1,8 +1,8 @@
 """Run by test_train.py in its own process: a 2-node local cluster, a CGC run
-whose rank 1 is SIGKILLed mid-epoch (after the epoch-2 step-4 checkpoint)."""
+whose rank 1 is SIGKILLed mid-epoch, from the Train controller, once the
+epoch-2 step-4 checkpoint is registered."""
 
 import json
-import os
 import sys
 
 import ray
@@ -10,15 +10,16 @@ from ray.cluster_utils import Cluster
 
 from cgc_ray.train.config import parse
 from cgc_ray.train.service import run
+from faults import KillWorkerAfterCheckpoint
 
 out = sys.argv[1]
-os.environ["CGC_RAY_TEST_KILL"] = f"1:46:{out}/killed"
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
 cluster.add_node(num_cpus=2)
 ray.init(address=cluster.address)
 summary = run(parse(["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--epochs", "2",
                      "--val-batches", "1", "--checkpoint-every-steps", "4", "--max-failures", "2",
-                     "--placement-strategy", "SPREAD", "--storage-path", out, "--name", "multinode"]))
+                     "--placement-strategy", "SPREAD", "--storage-path", out, "--name", "multinode"]),
+              callbacks=[KillWorkerAfterCheckpoint(rank=1, global_step=44, marker=f"{out}/killed")])
 with open(f"{out}/summary.json", "w") as f:
     json.dump(summary, f)
 ray.shutdown()

@@ -309,7 +309,8 @@ def test_an_epoch_that_trains_nothing_fails_with_the_reason(ray_cluster, tmp_pat
     assert not (tmp_path / "runs" / "cgc-run" / "summary.json").exists()
 
 
-def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3_server, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3_server, tmp_path):
+    from faults import KillWorkerAfterCheckpoint
     from ray.train.v2.api.exceptions import TrainingFailedError
 
     from cgc_ray.data.storage import read_bytes
@@ -321,11 +322,9 @@ def test_interrupted_run_resumes_from_s3_without_repeating_steps(ray_cluster, s3
             "--name", "resume", "--checkpoint-every-steps", "7", "--max-failures", "0", "--cam", "autograd",
             "--channels-last", "--keep-checkpoints", "2"]
     marker = tmp_path / "killed"
-    monkeypatch.setenv("CGC_RAY_TEST_KILL", f"1:30:{marker}")  # rank 1 dies at global step 30 (epoch 1)
-    with pytest.raises(TrainingFailedError):
-        run(parse(argv))
+    with pytest.raises(TrainingFailedError):  # rank 1 dies once the step-28 checkpoint (epoch 1) is registered
+        run(parse(argv), callbacks=[KillWorkerAfterCheckpoint(rank=1, global_step=28, marker=marker)])
     assert marker.exists()
-    monkeypatch.delenv("CGC_RAY_TEST_KILL")
     summary = run(parse(argv))  # same name: continues from the step-28 checkpoint
     spe = summary["steps_per_epoch"]
     assert (summary["epochs_done"], summary["global_step"]) == (2, 2 * spe)

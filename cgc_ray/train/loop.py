@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import tempfile
 
 import ray
@@ -48,7 +47,7 @@ def train_loop(loop_config: dict) -> None:
     names), "steps_per_epoch" (int), "storage" (StorageOptions), "ledger" (the
     bad-image ledger actor's name), "max_bad_images" (int or None),
     "run_uri" (where metrics.jsonl goes), "progress" (the watchdog's actor
-    name), "fault" (test-only kill spec or None). Trains the CGC objective
+    name). Trains the CGC objective
     (`cgc_objective`) under DDP from the latest checkpoint if any, validates
     and reports (with a checkpoint from rank 0) every epoch, and every
     `checkpoint_every_steps` steps. Raises NoTrainingBatch when an epoch gets
@@ -123,7 +122,6 @@ def train_loop(loop_config: dict) -> None:
             sched.step()
             step, global_step = step + 1, global_step + 1
             beat("training", global_step, force=step == position["step_in_epoch"] + 1)  # an epoch's first step at once
-            _maybe_die(loop_config.get("fault"), rank, global_step)
             telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
                            wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
             if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
@@ -196,14 +194,15 @@ def validate(net: nn.Module, shard, cfg: TrainConfig, objective: CGCConfig, devi
 
 
 def _report(metrics: dict, rank: int, state: dict, position: tuple, meta: dict) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint."""
+    """Every rank reports (with its process id, which Ray Train callbacks may use);
+    rank 0 attaches the checkpoint."""
     epoch, step, global_step = position
     with tempfile.TemporaryDirectory() as d:
         ckpt = None
         if rank == 0:
             checkpoint.save(d, epoch=epoch, step_in_epoch=step, global_step=global_step, meta=meta, **state)
             ckpt = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=ckpt)
+        ray.train.report({**metrics, "pid": os.getpid()}, checkpoint=ckpt)
 
 
 def _log_epoch(run_uri: str | None, storage, metrics: dict) -> None:
@@ -244,15 +243,4 @@ def _checksum(model: nn.Module) -> float:
     """A number that differs when any rank's parameters differ (for the DDP test and logs)."""
     with torch.no_grad():
         return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
-
-
-def _maybe_die(spec: str | None, rank: int, global_step: int) -> None:
-    """Fault injection for the recovery tests: CGC_RAY_TEST_KILL="<rank>:<step>:<marker file>"
-    in the driver's environment makes that rank SIGKILL itself once, at that global step."""
-    if not spec:
-        return
-    who, at, marker = spec.split(":", 2)
-    if int(who) == rank and int(at) == global_step and not os.path.exists(marker):
-        open(marker, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import pyarrow.fs as pafs
 import ray
@@ -37,8 +38,15 @@ from .watchdog import Watchdog, open_progress
 log = logging.getLogger(__name__)
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train; returns (and stores next to the checkpoints) the run summary."""
+def run(cfg: TrainConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> dict:
+    """Train; returns (and stores next to the checkpoints) the run summary.
+
+    callbacks: extra Ray Train `UserCallback`s, run in the Train controller
+    (experiment trackers; the recovery tests kill a worker from one). Every
+    report's per-worker metrics carry that worker's "pid".
+    Raises UserError subclasses (ConfigError, NoTrainingBatch, too many bad
+    images) for what the user can fix; Ray's TrainingFailedError when the
+    workers fail more than --max-failures times."""
     check(cfg)
     storage = StorageOptions(endpoint_url=cfg.s3_endpoint, region=cfg.s3_region)
     if cfg.data and cfg.dataset not in EMBEDDED and not _readable(cfg.data, storage):
@@ -78,13 +86,12 @@ def run(cfg: TrainConfig) -> dict:
         train_loop_config={"train": cfg.to_dict(), "classes": train_m.classes,
                            "steps_per_epoch": steps_per_epoch, "storage": storage, "ledger": settings.ledger,
                            "max_bad_images": settings.max_bad_images,
-                           "run_uri": _run_uri(cfg), "progress": progress_name,
-                           "fault": os.environ.get("CGC_RAY_TEST_KILL")},
+                           "run_uri": _run_uri(cfg), "progress": progress_name},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                            **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})},
                                      placement_strategy=cfg.placement_strategy),
-        run_config=RunConfig(name=cfg.name, storage_path=run_root, storage_filesystem=fs,
+        run_config=RunConfig(name=cfg.name, storage_path=run_root, storage_filesystem=fs, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              logging_config=ray.train.LoggingConfig(log_level=cfg.ray_log_level)),
