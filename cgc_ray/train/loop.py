@@ -47,102 +47,151 @@ def train_loop(loop_config: dict) -> None:
     names), "steps_per_epoch" (int), "storage" (StorageOptions), "ledger" (the
     bad-image ledger actor's name), "max_bad_images" (int or None),
     "run_uri" (where metrics.jsonl goes), "progress" (the watchdog's actor
-    name). Trains the CGC objective
-    (`cgc_objective`) under DDP from the latest checkpoint if any, validates
-    and reports (with a checkpoint from rank 0) every epoch, and every
-    `checkpoint_every_steps` steps. Raises NoTrainingBatch when an epoch gets
-    no batch; other errors fail the attempt, which Ray Train retries from the
-    latest checkpoint up to --max-failures times.
+    name). Trains the CGC objective (`cgc_objective`) under DDP from the
+    latest checkpoint if any, validates and reports (with a checkpoint from
+    rank 0) every epoch, and every `checkpoint_every_steps` steps. Raises
+    NoTrainingBatch when an epoch gets no batch; other errors fail the
+    attempt, which Ray Train retries from the latest checkpoint up to
+    --max-failures times.
     """
-    cfg = TrainConfig(**loop_config["train"])
-    # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
-    # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
-    logging.getLogger().setLevel(cfg.ray_log_level)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    TrainLoopRunner(loop_config).run()
 
-    model = build_model(cfg.arch, len(loop_config["classes"]), cfg.weights, loop_config["storage"])
-    if cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    net = ray.train.torch.prepare_model(CamNet(model, cfg.layer))
-    if cfg.compile:
-        net = torch.compile(net)
-    objective = cfg.objective()
-    steps_per_epoch = loop_config["steps_per_epoch"]
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
 
-    position = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
-    resumed = ray.train.get_checkpoint()
-    if resumed:
+class TrainLoopRunner:
+    """The worker's loop in its parts: setup (__init__), train_epoch, end_epoch
+    (validate, log, checkpoint), as in Ray's release/train_tests/benchmark."""
+
+    def __init__(self, loop_config: dict):
+        cfg = self.cfg = TrainConfig(**loop_config["train"])
+        self.loop_config, self.steps_per_epoch = loop_config, loop_config["steps_per_epoch"]
+        # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
+        # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
+        logging.getLogger().setLevel(cfg.ray_log_level)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._build_model()
+        self.objective = cfg.objective()
+        self.opt = build_optimizer(self.model, cfg)
+        self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
+        self.state = dict(model=self.model, optimizer=self.opt, scheduler=self.sched, scaler=self.scaler)
+        self.position = self._resume()
+        self.started_at = self.position["global_step"]  # 0, or the checkpoint this worker group resumed from
+        self.telemetry = Telemetry(cfg.name, self.rank, cfg.log_every_steps, self.steps_per_epoch, cfg.epochs)
+        self.train_shard = ray.train.get_dataset_shard("train")
+        self.val_shard = ray.train.get_dataset_shard(f"val_{self.rank}")
+        self.meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
+                     "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
+        self.beat = Beat(loop_config.get("progress") if self.rank == 0 else None)  # the driver's watchdog reads it
+        ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=loop_config.get("max_bad_images"))
+        self.on_bad = functools.partial(record_bad_images, settings=ledger)  # neither the device nor the CPU decodes
+        self.cpu_decoded = []  # --gpu-decode: images the device refused, decoded on the CPU instead
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = build_model(cfg.arch, len(self.loop_config["classes"]), cfg.weights, self.loop_config["storage"])
+        if cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.net = ray.train.torch.prepare_model(CamNet(model, cfg.layer))
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+
+    def _resume(self) -> dict:
+        """The position of the latest checkpoint (its state loaded), or the start."""
+        resumed = ray.train.get_checkpoint()
+        if not resumed:
+            return {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
         with resumed.as_directory() as d:
-            position = checkpoint.load(d, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
-        if rank == 0:
+            position = checkpoint.load(d, **self.state)
+        if self.rank == 0:
             say(f"resuming at epoch {position['epoch'] + 1}, step {position['step_in_epoch']} "
                 f"(global step {position['global_step']})")
+        return position
 
-    started_at = position["global_step"]  # 0, or the checkpoint this worker group resumed from
-    telemetry = Telemetry(cfg.name, rank, cfg.log_every_steps, steps_per_epoch, cfg.epochs)
-    state = dict(model=model, optimizer=opt, scheduler=sched, scaler=scaler)
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard(f"val_{rank}")
-    meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
-            "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
+    def run(self) -> None:
+        self.beat("started", self.position["global_step"], force=True)
+        for epoch in range(self.position["epoch"], self.cfg.epochs):
+            step, global_step = self.train_epoch(epoch)
+            self.end_epoch(epoch, step, global_step)
+            self.position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
 
-    beat = Beat(loop_config.get("progress") if rank == 0 else None)  # the driver's watchdog reads it
-    beat("started", position["global_step"], force=True)
-    ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=loop_config.get("max_bad_images"))
-    on_bad = functools.partial(record_bad_images, settings=ledger)  # images neither the device nor the CPU decodes
-    cpu_decoded = []  # --gpu-decode: images the device refused, decoded on the CPU instead
-
-    for epoch in range(position["epoch"], cfg.epochs):
-        torch.manual_seed(cfg.seed + 1000 * epoch + rank)
-        step, global_step = position["step_in_epoch"], position["global_step"]
-        net.train()
+    def train_epoch(self, epoch: int) -> tuple[int, int]:
+        """The epoch's remaining steps; returns (step in epoch, global step) at its end."""
+        cfg, first = self.cfg, self.position["step_in_epoch"]
+        torch.manual_seed(cfg.seed + 1000 * epoch + self.rank)
+        step, global_step = first, self.position["global_step"]
+        self.net.train()
         clock = Stopwatch()
-        batches = train_shard.iter_batches(batch_size=cfg.batch_size // world, drop_last=True,
-                                           batch_format="numpy", prefetch_batches=2)
+        batches = self.train_shard.iter_batches(batch_size=cfg.batch_size // self.world, drop_last=True,
+                                                batch_format="numpy", prefetch_batches=2)
         for raw in batches:
-            if step >= steps_per_epoch:
+            if step >= self.steps_per_epoch:
                 break
             wait = clock.lap()
-            if cfg.gpu_decode:
-                raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, device, on_failure=on_bad,
-                                   on_fallback=cpu_decoded.extend)
-            batch = to_device(raw, cfg.recipe, device, cfg.channels_last)
-            out = cgc_objective(net, batch, objective)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            out, images = self.train_step(raw)
             step, global_step = step + 1, global_step + 1
-            beat("training", global_step, force=step == position["step_in_epoch"] + 1)  # an epoch's first step at once
-            telemetry.step(epoch=epoch, step_in_epoch=step, images=len(raw["label"]), step_s=wait + clock.lap(),
-                           wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=opt.param_groups[0]["lr"])
-            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step < steps_per_epoch:
-                _report({"epoch": epoch, "step_in_epoch": step, "global_step": global_step},
-                        rank, state, (epoch, step, global_step), meta)
+            self.beat("training", global_step, force=step == first + 1)  # an epoch's first step at once
+            self.telemetry.step(epoch=epoch, step_in_epoch=step, images=images, step_s=wait + clock.lap(),
+                                wait_s=wait, parts=(out.loss, out.ce, out.cgc), lr=self.opt.param_groups[0]["lr"])
+            if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 \
+                    and step < self.steps_per_epoch:
+                self._report({"epoch": epoch, "step_in_epoch": step, "global_step": global_step},
+                             (epoch, step, global_step))
             clock.lap()
-        _check_steps(epoch, position["step_in_epoch"], step, steps_per_epoch, rank)
-        beat("validating", global_step, force=True)
-        metrics = {**telemetry.end_epoch(), **validate(net, val_shard, cfg, objective, device)}
-        metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step, resumed_from_step=started_at,
-                       lr=opt.param_groups[0]["lr"], steps_per_epoch=steps_per_epoch,
-                       gpu_decode_cpu_fallbacks=int(_gather(torch.tensor([len(cpu_decoded)], device=device)).sum()),
-                       **rank_views(model, ray.get_runtime_context().get_node_id(), device))
-        if rank == 0:
+        _check_steps(epoch, first, step, self.steps_per_epoch, self.rank)
+        return step, global_step
+
+    def train_step(self, raw: dict):
+        """One optimiser step of the CGC objective on a numpy batch; returns
+        (the objective's output, the number of images)."""
+        cfg = self.cfg
+        if cfg.gpu_decode:
+            raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, self.device,
+                               on_failure=self.on_bad, on_fallback=self.cpu_decoded.extend)
+        batch = to_device(raw, cfg.recipe, self.device, cfg.channels_last)
+        out = cgc_objective(self.net, batch, self.objective)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return out, len(raw["label"])
+
+    def end_epoch(self, epoch: int, step: int, global_step: int) -> None:
+        """Validate, add the epoch's line to metrics.jsonl, report with a checkpoint."""
+        cfg, device = self.cfg, self.device
+        self.beat("validating", global_step, force=True)
+        metrics = {**self.telemetry.end_epoch(), **validate(self.net, self.val_shard, cfg, self.objective, device)}
+        fallbacks = _gather(torch.tensor([len(self.cpu_decoded)], device=device)).sum()
+        metrics.update(epoch=epoch + 1, step_in_epoch=step, global_step=global_step,
+                       resumed_from_step=self.started_at, lr=self.opt.param_groups[0]["lr"],
+                       steps_per_epoch=self.steps_per_epoch, gpu_decode_cpu_fallbacks=int(fallbacks),
+                       **rank_views(self.model, ray.get_runtime_context().get_node_id(), device))
+        if self.rank == 0:
             say(f"epoch {epoch + 1}/{cfg.epochs} done: val top-1 {metrics['val_top1']:.2f}% "
                 f"top-5 {metrics['val_top5']:.2f}% CGC loss {metrics['val_cgc_loss']:.4f}")
-            _log_epoch(loop_config.get("run_uri"), loop_config["storage"], metrics)
-        beat("checkpointing", global_step, force=True)
-        _report(metrics, rank, state, (epoch + 1, 0, global_step), meta)
-        beat("started", global_step, force=True)  # what follows waits for the next epoch's data
-        position = {"epoch": epoch + 1, "step_in_epoch": 0, "global_step": global_step}
+            _log_epoch(self.loop_config.get("run_uri"), self.loop_config["storage"], metrics)
+        self.beat("checkpointing", global_step, force=True)
+        self._report(metrics, (epoch + 1, 0, global_step))
+        self.beat("started", global_step, force=True)  # what follows waits for the next epoch's data
+
+    def _report(self, metrics: dict, position: tuple) -> None:
+        """Every rank reports (with its process id, which Ray Train callbacks
+        may use); rank 0 attaches the checkpoint at `position` (epoch, step in
+        epoch, global step)."""
+        epoch, step, global_step = position
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if self.rank == 0:
+                checkpoint.save(d, epoch=epoch, step_in_epoch=step, global_step=global_step, meta=self.meta,
+                                **self.state)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "pid": os.getpid()}, checkpoint=ckpt)
 
 
 class NoTrainingBatch(UserError):
@@ -191,18 +240,6 @@ def validate(net: nn.Module, shard, cfg: TrainConfig, objective: CGCConfig, devi
     nan = float("nan")
     return {"val_top1": 100 * top1 / n if n else nan, "val_top5": 100 * top5 / n if n else nan,
             "val_cgc_loss": cgc_sum / full_batches if full_batches else nan, "val_images": int(n)}
-
-
-def _report(metrics: dict, rank: int, state: dict, position: tuple, meta: dict) -> None:
-    """Every rank reports (with its process id, which Ray Train callbacks may use);
-    rank 0 attaches the checkpoint."""
-    epoch, step, global_step = position
-    with tempfile.TemporaryDirectory() as d:
-        ckpt = None
-        if rank == 0:
-            checkpoint.save(d, epoch=epoch, step_in_epoch=step, global_step=global_step, meta=meta, **state)
-            ckpt = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({**metrics, "pid": os.getpid()}, checkpoint=ckpt)
 
 
 def _log_epoch(run_uri: str | None, storage, metrics: dict) -> None:
