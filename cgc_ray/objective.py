@@ -57,23 +57,34 @@ class CGCConfig:
     cam: str = "auto"              # closed form where the head allows it
     amp_dtype: torch.dtype | None = None
 
-    def __post_init__(self):
+    def __post_init__(self):  # the one place each objective option is checked (the jobs map field -> --flag)
         _one_of("recipe", self.recipe, RECIPES)
         _one_of("arrangement", self.arrangement, ARRANGEMENTS)
         _one_of("negatives", self.negatives, NEGATIVES)
         _one_of("cam", self.cam, CAM_METHODS)
         _one_of("consistency", self.consistency, CONSISTENCY)
         if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"tau (temperature) must be > 0, got {self.tau}")
+            raise OptionError("tau", "> 0", self.tau, "the temperature")
         if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam (weight of the CGC loss) must be >= 0, got {self.lam}")
-        if self.negatives == "block" and (not self.block_size or self.block_size < 2):
-            raise ValueError(f"negatives='block' needs block_size >= 2, got {self.block_size}")
+            raise OptionError("lam", ">= 0", self.lam, "the weight of the CGC loss")
+        if self.block_size is not None and self.block_size < 2:
+            raise OptionError("block_size", ">= 2", self.block_size)
+        if self.negatives == "block" and self.block_size is None:
+            raise OptionError("block_size", "given (>= 2) with negatives='block'", self.block_size)
+
+
+class OptionError(ValueError):
+    """A CGCConfig field outside its allowed values: `field` (its name),
+    `allowed` (the rule in words), `value`; `what` says what the field is."""
+
+    def __init__(self, field: str, allowed: str, value, what: str = ""):
+        self.field, self.allowed, self.value = field, allowed, value
+        super().__init__(f"{field}{f' ({what})' if what else ''} must be {allowed}, got {value!r}")
 
 
 def _one_of(name, value, allowed):
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise OptionError(name, f"one of {allowed}", value)
 
 
 def cgc_objective(model: nn.Module, batch: dict[str, torch.Tensor], config: CGCConfig | None = None,
