@@ -184,12 +184,19 @@ def test_a_resumed_sweep_refuses_other_trials_or_settings(tmp_path):
     sw, ch = runner.Sweep("s", str(tmp_path)), {"images": 8, "short_side": 64, "protocol": "resize"}
     specs = [runner.spec(sw, "a", {}, TrainConfig(), ch)]
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "specs.json").write_text(json.dumps({"specs": specs}))
+    stored = {"key": "a", "tags": {}, "train": specs[0].train, "ch": ch, "sweep": sw.uri,
+              "code_version": "v0"}  # specs.json as earlier versions wrote it
+    (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [stored]}))
     runner._check_same_trials(sw, specs)
     with pytest.raises(ValueError, match=r"other settings \(trial a: \['epochs'\]\)"):
         runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
     with pytest.raises(ValueError, match="started with other trials"):
         runner._check_same_trials(sw, [*specs, runner.spec(sw, "b", {}, TrainConfig(), ch)])
+    del stored["code_version"]  # a specs.json of another layout: named, not a KeyError
+    (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [stored]}))
+    with pytest.raises(ValueError, match=r"s/specs.json holds a trial spec with fields \['ch', 'key', 'sweep', "
+                                         r"'tags', 'train'\], not .*written by another version of cgc-ray"):
+        runner._check_same_trials(sw, specs)
 
 
 def test_miniature_trials_and_tables_from_literal_rows(tmp_path):
@@ -198,13 +205,13 @@ def test_miniature_trials_and_tables_from_literal_rows(tmp_path):
 
     req = miniature.parse(["--seeds", "0,1", "--lam", "0.5,1.0", "--storage-path", str(tmp_path)])
     specs = miniature.trials(req, req.sweep)
-    keys = sorted(s["key"] for s in specs)
+    keys = sorted(s.key for s in specs)
     assert len(keys) == 2 * 2 * 4  # data sets x seeds x (baseline, CGC at 0.5 and 1.0, MSE at the preset 1.0)
     assert "embedded_context-cgc_mse-lam1-seed1" in keys and "embedded-baseline-lam0-seed0" in keys
-    mse = next(s for s in specs if s["key"] == "embedded-cgc_mse-lam1-seed0")
-    assert (mse["train"]["consistency"], mse["train"]["lam"], mse["train"]["explain_images"]) == ("mse", 1.0, 0)
-    assert mse["ch"] == {"images": 1000, "short_side": 224, "protocol": "resize"}
-    assert runner.max_concurrent_trials({"CPU": 2.0}, mse["train"]) == 1  # 2 x 0.45 + 1 + 0.01 fits 2 cores
+    mse = next(s for s in specs if s.key == "embedded-cgc_mse-lam1-seed0")
+    assert (mse.train["consistency"], mse.train["lam"], mse.train["explain_images"]) == ("mse", 1.0, 0)
+    assert mse.ch == {"images": 1000, "short_side": 224, "protocol": "resize"}
+    assert runner.max_concurrent_trials({"CPU": 2.0}, mse.train) == 1  # 2 x 0.45 + 1 + 0.01 fits 2 cores
 
     def row(method, lam, seed, top1, ch, loss):
         return {"dataset": "embedded", "method": method, "lam": lam, "preset_lam": 1.0, "seed": seed,

@@ -77,7 +77,7 @@ def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: di
     return Request(args, train_argv, base)
 
 
-def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[dict]]) -> int:
+def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[runner.TrialSpec]]) -> int:
     """Runs (or resumes) the sweep of `trials(req, sweep)`, or with --table-only
     only rewrites its tables; returns the number of failed trials."""
     sw = req.sweep

@@ -44,7 +44,7 @@ def run(req: Request) -> int:
     return cli.run_request(req, LAYOUTS, trials)
 
 
-def trials(req: Request, sw: runner.Sweep) -> list[dict]:
+def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args = req.args
     tiny = all(name == "embedded" for name, _ in cli.datasets(args.datasets))
     shots_list = cli.ints(args.shots or ("5" if tiny else "1,5,10"), "--shots")
@@ -61,7 +61,7 @@ def trials(req: Request, sw: runner.Sweep) -> list[dict]:
 
 
 def _episode_trials(req: Request, sw: runner.Sweep, name: str, cfg, ep: episodes.Episode, k: int,
-                    lam: float) -> list[dict]:
+                    lam: float) -> list[runner.TrialSpec]:
     """Baseline and CGC on one episode, with the episode's seed."""
     train, val = episodes.write_episode(ep, sw.path("episodes", f"{name}-{ep.shots}shot-ep{k}"), sw.storage)
     run_cfg = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train, val_manifest=val, seed=ep.seed,

@@ -41,7 +41,7 @@ def run(req: Request) -> int:
     return cli.run_request(req, LAYOUTS, trials)
 
 
-def trials(req: Request, sw: runner.Sweep) -> list[dict]:
+def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args, specs = req.args, []
     for name, cfg in cli.dataset_configs(req):
         cfg = cli.per_class_subset(cfg, sw, args.train_per_class)

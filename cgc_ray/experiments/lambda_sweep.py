@@ -37,7 +37,7 @@ def run(req: Request) -> int:
     return cli.run_request(req, LAYOUTS, trials)
 
 
-def trials(req: Request, sw: runner.Sweep) -> list[dict]:
+def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args = req.args
     base = cli.per_class_subset(req.base, sw, args.train_per_class)
     grid = args.lam or (TINY_GRID if base.dataset == "embedded" else PAPER_GRID)

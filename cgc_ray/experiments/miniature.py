@@ -48,7 +48,7 @@ def preset_lam(cfg) -> float:
     return PAPER_LAMBDA.get(cfg.arch, 1.0)
 
 
-def trials(req: Request, sw: runner.Sweep) -> list[dict]:
+def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args, out = req.args, []
     methods = [m.strip() for m in args.methods.split(",")]
     if unknown := sorted(set(methods) - set(METHODS)):

@@ -42,6 +42,7 @@ import json
 import os
 import subprocess
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -89,24 +90,55 @@ def code_version() -> str:
         return "unknown"
 
 
-def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> dict:
-    """One trial: its training run lives at <sweep>/runs/<key>."""
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: a training run at <sweep>/runs/<key>, scored for CH with `ch`.
+
+    key: the trial's name (unique in the sweep); tags: its table columns
+    (method, lam, seed, ...); train: TrainConfig fields; ch: CH settings
+    ({"images", "short_side", "protocol"}); sweep: the sweep's URI;
+    code_version: `git describe` of the code that planned it. Stored as a
+    plain dict in specs.json (and in Tune's param_space)."""
+    key: str
+    tags: dict
+    train: dict
+    ch: dict
+    sweep: str
+    code_version: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: dict, where: str) -> TrialSpec:
+        """The spec of a stored dict; ConfigError naming `where` if its fields are not this version's."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(stored) != names:
+            raise ConfigError(f"{where} holds a trial spec with fields {sorted(stored)}, not {sorted(names)}: it was "
+                              "written by another version of cgc-ray; re-run it with that version, or use another "
+                              "--name")
+        return cls(**stored)
+
+
+def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> TrialSpec:
+    """One trial: its training run lives at <sweep>/runs/<key>. Raises
+    ConfigError for a grid point that fails TrainConfig's checks or whose --data cannot be read."""
     # the trial scores CH with the sweep's settings (`_ch_task`), not the run's own end-of-run pass
     train = {**cfg.to_dict(), "name": key, "storage_path": sweep.path("runs"), "explain_images": 0}
     check(TrainConfig(**train))  # a bad grid point fails before anything starts
     if cfg.data and not _readable(cfg.data, _storage(cfg)):
         raise ConfigError(f"--data {cfg.data} does not exist or cannot be read")
-    return {"key": key, "tags": tags, "train": train, "ch": ch, "sweep": sweep.uri, "code_version": code_version()}
+    return TrialSpec(key=key, tags=tags, train=train, ch=ch, sweep=sweep.uri, code_version=code_version())
 
 
 # --- inside a Tune trial -------------------------------------------------------------------------
 
 def trial(config: dict) -> None:
-    """The Tune function trainable."""
-    spec = config["spec"]
-    cfg = TrainConfig(**spec["train"])
+    """The Tune function trainable; config["spec"]: a TrialSpec as a dict."""
+    spec = TrialSpec(**config["spec"])
+    cfg = TrainConfig(**spec.train)
     storage = _storage(cfg)
-    row_uri = child(spec["sweep"], "results", f"{spec['key']}.json")
+    row_uri = child(spec.sweep, "results", f"{spec.key}.json")
     if exists(row_uri, storage):
         row = json.loads(read_bytes(row_uri, storage))
     else:
@@ -115,17 +147,17 @@ def trial(config: dict) -> None:
     tune.report({k: row[k] for k in ("top1", "top5", "val_cgc_loss", "ch", "key")})
 
 
-def _train_and_evaluate(spec: dict, cfg: TrainConfig, storage: StorageOptions) -> dict:
+def _train_and_evaluate(spec: TrialSpec, cfg: TrainConfig, storage: StorageOptions) -> dict:
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
-    write_bytes(child(spec["sweep"], "attempts", f"{spec['key']}-{time.time_ns()}.json"),
-                json.dumps({"key": spec["key"], "trial_id": trial_id, "started": started}).encode(), storage)
+    write_bytes(child(spec.sweep, "attempts", f"{spec.key}-{time.time_ns()}.json"),
+                json.dumps({"key": spec.key, "trial_id": trial_id, "started": started}).encode(), storage)
     summary = service.run(cfg)
     ch = ray.get(_ch_task.options(**_eval_resources(cfg)).remote(
-        summary["checkpoint"], summary["val_manifest"], storage, spec["ch"]))
-    return {**spec["tags"], "key": spec["key"], "sweep": spec["sweep"], "seed": cfg.seed,
+        summary["checkpoint"], summary["val_manifest"], storage, spec.ch))
+    return {**spec.tags, "key": spec.key, "sweep": spec.sweep, "seed": cfg.seed,
             "top1": summary["val_top1"], "top5": summary["val_top5"], "val_cgc_loss": summary["val_cgc_loss"],
-            **ch, "ch_settings": spec["ch"], "code_version": spec["code_version"], "trial_id": trial_id,
+            **ch, "ch_settings": spec.ch, "code_version": spec.code_version, "trial_id": trial_id,
             "started": started, "finished": time.time(), "config": cfg.to_dict(), "summary": summary}
 
 
@@ -155,7 +187,7 @@ def _storage(cfg: TrainConfig) -> StorageOptions:
 
 # --- the driver ----------------------------------------------------------------------------------
 
-def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, table_only: bool = False,
+def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable], *, table_only: bool = False,
               max_concurrent: int | None = None) -> int:
     """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
     failed = [] if table_only else _tune(sweep, specs, max_concurrent)
@@ -169,57 +201,60 @@ def run_sweep(sweep: Sweep, specs: list[dict], layouts: dict[str, Callable], *, 
     return len(failed) or (0 if rows else 1)  # a sweep with nothing stored has not succeeded
 
 
-def _tune(sweep: Sweep, specs: list[dict], max_concurrent: int | None) -> list:
+def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> list:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     fs, root = resolve(sweep.storage_path, sweep.storage)
-    concurrent = max_concurrent or _fitting_now(specs[0]["train"])  # refused before specs.json is written
+    concurrent = max_concurrent or _fitting_now(specs[0].train)  # refused before specs.json is written
     pending = _pending(sweep, specs)
     if not pending:
         return []
     print(f"sweep {sweep.uri}: {len(pending)} trials to run, up to {concurrent or 'all'} at a time", flush=True)
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": TRIAL_CPUS}), param_space={"spec": tune.grid_search(pending)},
+        tune.with_resources(trial, {"cpu": TRIAL_CPUS}), param_space={"spec": tune.grid_search([p.to_dict() for p in pending])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=fs, verbose=1))
     return [r.error for r in tuner.fit() if r.error]
 
 
-def _pending(sweep: Sweep, specs: list[dict]) -> list[dict]:
+def _pending(sweep: Sweep, specs: list[TrialSpec]) -> list[TrialSpec]:
     """The trials without a stored row. A sweep seen before (its specs.json)
     must ask for the same trials; its finished ones are kept. Resuming runs a
     new Tune experiment over the others, with the cap and resources of a fresh
     one (`Tuner.restore` would lose the concurrency cap), and each trial's
     training continues from its last checkpoint under <sweep>/runs/<key>."""
     if not exists(sweep.path("specs.json"), sweep.storage):
-        keys = [s["key"] for s in specs]
-        write_bytes(sweep.path("specs.json"), json.dumps({"keys": keys, "specs": specs}, indent=1).encode(),
+        keys = [s.key for s in specs]
+        write_bytes(sweep.path("specs.json"),
+                    json.dumps({"keys": keys, "specs": [s.to_dict() for s in specs]}, indent=1).encode(),
                     sweep.storage)
         return specs
     _check_same_trials(sweep, specs)
     done = {r["key"] for r in load_rows(sweep)}
-    pending = [s for s in specs if s["key"] not in done]
+    pending = [s for s in specs if s.key not in done]
     print(f"resuming sweep {sweep.uri}: {len(done)} of {len(specs)} trials finished and kept", flush=True)
     return pending
 
 
 def _trial_dir(t) -> str:
-    return f"trial-{t.config['spec']['key']}"
+    return f"trial-{t.config['spec']['key']}"  # Tune's config holds the spec as a dict
 
 
-def _check_same_trials(sweep: Sweep, specs: list[dict]) -> None:
+def _check_same_trials(sweep: Sweep, specs: list[TrialSpec]) -> None:
     """A restored sweep runs the trials it was started with: refuse a request for others."""
-    stored = {s["key"]: s for s in json.loads(read_bytes(sweep.path("specs.json"), sweep.storage))["specs"]}
-    if sorted(stored) != sorted(s["key"] for s in specs):
+    where = sweep.path("specs.json")
+    stored = [TrialSpec.from_dict(d, where) for d in json.loads(read_bytes(where, sweep.storage))["specs"]]
+    stored = {s.key: s for s in stored}
+    if sorted(stored) != sorted(s.key for s in specs):
         raise ConfigError(f"sweep {sweep.uri} was started with other trials ({len(stored)}: {sorted(stored)[:4]}...); "
-                         "re-run it with the same grid, or use another --name")
+                          "re-run it with the same grid, or use another --name")
     for s in specs:
-        old = stored[s["key"]]
+        old = stored[s.key]
         # an option TrainConfig gained since the sweep started is not a change of its settings
-        changed = sorted(k for k in old["train"] if s["train"].get(k) != old["train"][k])
-        if changed or s["ch"] != old["ch"]:
-            raise ConfigError(f"sweep {sweep.uri} was started with other settings (trial {s['key']}: "
-                             f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
+        changed = sorted(k for k in old.train if s.train.get(k) != old.train[k])
+        if changed or s.ch != old.ch:
+            raise ConfigError(f"sweep {sweep.uri} was started with other settings (trial {s.key}: "
+                              f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
 
 
 def _fitting_now(train: dict) -> int | None:

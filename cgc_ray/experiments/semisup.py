@@ -52,7 +52,7 @@ def run(req: Request) -> int:
     return cli.run_request(req, LAYOUTS, trials)
 
 
-def trials(req: Request, sw: runner.Sweep) -> list[dict]:
+def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args, base = req.args, req.base
     pool = cli.manifest(base, base.train_split, sw.storage)
     labeled, label_tag = _labeled(args, pool, base, sw)
