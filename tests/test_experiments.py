@@ -177,7 +177,7 @@ def test_concurrent_trials_follow_the_cluster():
     assert max_concurrent_trials({"CPU": 16.0, "GPU": 8.0}, {**gpu, "num_workers": 4, "gpus_per_worker": 1.0}) == 2
 
 
-def test_a_resumed_sweep_refuses_other_trials_or_settings(tmp_path):
+def test_a_resumed_sweep_refuses_dropped_trials_or_other_settings_and_takes_new_ones(tmp_path):
     from cgc_ray.experiments import runner
     from cgc_ray.train.config import TrainConfig
 
@@ -187,11 +187,13 @@ def test_a_resumed_sweep_refuses_other_trials_or_settings(tmp_path):
     stored = {"key": "a", "tags": {}, "train": specs[0].train, "ch": ch, "sweep": sw.uri,
               "code_version": "v0"}  # specs.json as earlier versions wrote it
     (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [stored]}))
-    runner._check_same_trials(sw, specs)
+    assert runner._check_same_trials(sw, specs) == []
     with pytest.raises(ValueError, match=r"other settings \(trial a: \['epochs'\]\)"):
         runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
-    with pytest.raises(ValueError, match="started with other trials"):
-        runner._check_same_trials(sw, [*specs, runner.spec(sw, "b", {}, TrainConfig(), ch)])
+    b = runner.spec(sw, "b", {}, TrainConfig(), ch)
+    assert runner._check_same_trials(sw, [*specs, b]) == [b]  # a grid extended: b is new
+    with pytest.raises(ValueError, match=r"started with trials this request leaves out \(1: \['a'\]\)"):
+        runner._check_same_trials(sw, [b])
     del stored["code_version"]  # a specs.json of another layout: named, not a KeyError
     (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [stored]}))
     with pytest.raises(ValueError, match=r"s/specs.json holds a trial spec with fields \['ch', 'key', 'sweep', "

@@ -14,7 +14,7 @@ Under <storage_path>/<name>/ (a local path or s3://):
     runs/<key>/                     each trial's training run (checkpoints, summary.json)
     results/<key>.json              the trial's row
     attempts/<key>-<ns>.json        one per training started for the trial
-    specs.json                      the sweep's trials: a re-run must ask for the same
+    specs.json                      the sweep's trials: a re-run asks for the same (and may add more)
     results.jsonl, <table>.md/.csv  regenerated from results/ (alone with --table-only)
 
 An interrupted sweep re-run with the same name and storage path resumes:
@@ -219,42 +219,54 @@ def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> l
 
 def _pending(sweep: Sweep, specs: list[TrialSpec]) -> list[TrialSpec]:
     """The trials without a stored row. A sweep seen before (its specs.json)
-    must ask for the same trials; its finished ones are kept. Resuming runs a
-    new Tune experiment over the others, with the cap and resources of a fresh
-    one (`Tuner.restore` would lose the concurrency cap), and each trial's
-    training continues from its last checkpoint under <sweep>/runs/<key>."""
+    must ask for its trials with the same settings, and may add new ones (a
+    grid extended: another method, λ or seed); its finished ones are kept.
+    Resuming runs a new Tune experiment over the others, with the cap and
+    resources of a fresh one (`Tuner.restore` would lose the concurrency cap),
+    and each trial's training continues from its last checkpoint under
+    <sweep>/runs/<key>."""
     if not exists(sweep.path("specs.json"), sweep.storage):
-        keys = [s.key for s in specs]
-        write_bytes(sweep.path("specs.json"),
-                    json.dumps({"keys": keys, "specs": [s.to_dict() for s in specs]}, indent=1).encode(),
-                    sweep.storage)
+        _write_specs(sweep, specs)
         return specs
-    _check_same_trials(sweep, specs)
+    added = _check_same_trials(sweep, specs)
+    if added:
+        _write_specs(sweep, specs)
+        print(f"extending sweep {sweep.uri} with {len(added)} new trials: {', '.join(s.key for s in added)}",
+              flush=True)
     done = {r["key"] for r in load_rows(sweep)}
     pending = [s for s in specs if s.key not in done]
     print(f"resuming sweep {sweep.uri}: {len(done)} of {len(specs)} trials finished and kept", flush=True)
     return pending
 
 
+def _write_specs(sweep: Sweep, specs: list[TrialSpec]) -> None:
+    body = {"keys": [s.key for s in specs], "specs": [s.to_dict() for s in specs]}
+    write_bytes(sweep.path("specs.json"), json.dumps(body, indent=1).encode(), sweep.storage)
+
+
 def _trial_dir(t) -> str:
     return f"trial-{t.config['spec']['key']}"  # Tune's config holds the spec as a dict
 
 
-def _check_same_trials(sweep: Sweep, specs: list[TrialSpec]) -> None:
-    """A restored sweep runs the trials it was started with: refuse a request for others."""
+def _check_same_trials(sweep: Sweep, specs: list[TrialSpec]) -> list[TrialSpec]:
+    """A restored sweep runs the trials it was started with, and may add
+    others: refuse a request that leaves a stored trial out or changes its
+    settings. Returns the requested trials specs.json does not hold yet."""
     where = sweep.path("specs.json")
     stored = [TrialSpec.from_dict(d, where) for d in json.loads(read_bytes(where, sweep.storage))["specs"]]
     stored = {s.key: s for s in stored}
-    if sorted(stored) != sorted(s.key for s in specs):
-        raise ConfigError(f"sweep {sweep.uri} was started with other trials ({len(stored)}: {sorted(stored)[:4]}...); "
-                          "re-run it with the same grid, or use another --name")
+    if missing := sorted(set(stored) - {s.key for s in specs}):
+        raise ConfigError(f"sweep {sweep.uri} was started with trials this request leaves out ({len(missing)}: "
+                          f"{missing[:4]}{'...' if len(missing) > 4 else ''}); re-run it with the same grid (new "
+                          "trials may be added), or use another --name")
     for s in specs:
-        old = stored[s.key]
+        old = stored.get(s.key)
         # an option TrainConfig gained since the sweep started is not a change of its settings
-        changed = sorted(k for k in old.train if s.train.get(k) != old.train[k])
-        if changed or s.ch != old.ch:
+        changed = sorted(k for k in old.train if s.train.get(k) != old.train[k]) if old else []
+        if old and (changed or s.ch != old.ch):
             raise ConfigError(f"sweep {sweep.uri} was started with other settings (trial {s.key}: "
                               f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")
+    return [s for s in specs if s.key not in stored]
 
 
 def _fitting_now(train: dict) -> int | None:
