@@ -52,7 +52,8 @@ class CamNet(nn.Module):
             raise ValueError(f"model has no layer {layer!r}; conv layers and blocks: {names[-8:]}") from e
         self._caught: list[tuple[torch.Tensor, int]] = []
         self.batch_coupled = False
-        self._hooks = [target.register_forward_hook(lambda _m, _i, out: self._caught.append((out, out._version)))]
+        self._hooks = [target.register_forward_hook(
+            lambda _m, _i, out: self._caught.append((out, getattr(out, "_version", None))))]
         self._hooks += [m.register_forward_pre_hook(self._saw_norm) for m in model.modules()
                         if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
@@ -75,9 +76,11 @@ class CamNet(nn.Module):
         self.batch_coupled = False
         logits = self.model(x)
         if len(self._caught) != 1:
-            raise RuntimeError(f"layer {self.layer!r} ran {len(self._caught)} times in one forward; "
-                               "Grad-CAM needs a layer that runs exactly once")
+            raise UnsuitableLayer(f"layer {self.layer!r} ran {len(self._caught)} times in one forward; "
+                                  "Grad-CAM needs a layer that runs exactly once")
         feats, version = self._caught.pop()
+        if not isinstance(feats, torch.Tensor):
+            raise UnsuitableLayer(f"layer {self.layer!r} gives a {type(feats).__name__}, not a feature map tensor")
         if feats._version != version:  # e.g. `out += identity` or ReLU(inplace=True) after a BatchNorm
             raise InPlaceLayer(f"layer {self.layer!r}: its output is changed in place later in the forward, so the "
                                "map Grad-CAM would see is another layer's; explain the block or activation that "
@@ -94,7 +97,12 @@ class CamNet(nn.Module):
         return None
 
 
-class InPlaceLayer(ValueError):
+class UnsuitableLayer(ValueError):
+    """The layer cannot be explained: it runs other than once a forward, or (InPlaceLayer)
+    its output is modified in place by a later operation."""
+
+
+class InPlaceLayer(UnsuitableLayer):
     """The explained layer's output is modified in place by a later operation."""
 
 

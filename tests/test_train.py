@@ -33,6 +33,9 @@ SMALL = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--v
     (["--arch", "vit_b_16", "--layer", "encoder"], "vit_b_16 cannot run on --image-size 112 inputs"),
     (["--arch", "vit_b_16", "--layer", "encoder", "--image-size", "224", "--resize-size", "256"],
      r"--layer encoder of vit_b_16 gives \(2, 197, 768\), not a conv feature map"),
+    (["--arch", "vit_b_16", "--layer", "encoder.layers.encoder_layer_0.self_attention", "--image-size", "224",
+      "--resize-size", "256"], "--layer encoder.layers.encoder_layer_0.self_attention of vit_b_16: layer "
+     "'encoder.layers.encoder_layer_0.self_attention' gives a tuple, not a feature map tensor"),
     (["--arch", "squeezenet1_0", "--layer", "features"], "squeezenet1_0 has no Linear classification head"),
     (["--lr", "-0.1"], r"--lr must be > 0, got -0.1"),
     (["--momentum", "1.5"], r"--momentum must be in \[0, 1\), got 1.5"),

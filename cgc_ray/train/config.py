@@ -18,7 +18,7 @@ import yaml
 from ..data.embedded import DATASETS as EMBEDDED
 from ..data.indexers import default_dataset
 from ..errors import UserError
-from ..gradcam import CamNet
+from ..gradcam import CamNet, InPlaceLayer, UnsuitableLayer
 from ..objective import CGCConfig, OptionError
 
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
@@ -231,27 +231,21 @@ def _check_model(cfg: TrainConfig, need) -> None:
         model = torchvision.models.get_model(cfg.arch, weights=None).train()  # as training will run it
     need(any(isinstance(m, torch.nn.Linear) for m in model.modules()),
          f"--arch {cfg.arch} has no Linear classification head to replace")
-    layer = dict(model.named_modules()).get(cfg.layer)
-    need(layer is not None, f"--layer {cfg.layer!r} is not a module of {cfg.arch} "
+    need(cfg.layer in dict(model.named_modules()), f"--layer {cfg.layer!r} is not a module of {cfg.arch} "
          f"(its top-level modules: {', '.join(n for n, _ in model.named_children())})")
-    shapes, versions = [], []
-
-    def seen(module, args, out):
-        shapes.append(tuple(getattr(out, "shape", ())))
-        versions.append((out, getattr(out, "_version", 0)))
-    hook = layer.register_forward_hook(seen)
-    net = CamNet(model, cfg.layer)  # its hooks see what training will: closed form, BatchNorm after the layer
+    net = CamNet(model, cfg.layer)  # what training runs: its hooks catch the layer and BatchNorm after it
     try:
-        out = model(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
+        out, feats = net(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
+    except InPlaceLayer:
+        need(False, f"--layer {cfg.layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
+             "`out += identity`, ReLU(inplace=True)), so Grad-CAM would explain another layer's map; choose the "
+             "block or activation that ends the in-place chain")
+    except UnsuitableLayer as e:
+        need(False, f"--layer {cfg.layer} of {cfg.arch}: {e}")
     except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
-        hook.remove()
         net.remove()
-    need(all(getattr(t, "_version", 0) == v for t, v in versions),
-         f"--layer {cfg.layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
-         "`out += identity`, ReLU(inplace=True)), so Grad-CAM would explain another layer's map; choose the block "
-         "or activation that ends the in-place chain")
     closed_form = net.linear_head() is not None
     need(not (cfg.sync_bn and net.batch_coupled),
          f"--sync-bn with --layer {cfg.layer} of {cfg.arch}: a batch-statistics BatchNorm follows the layer, so "
@@ -265,7 +259,7 @@ def _check_model(cfg: TrainConfig, need) -> None:
          "(layer4 of a ResNet) or drop --compile")
     need(isinstance(out, torch.Tensor), f"--arch {cfg.arch} returns {type(out).__name__} in training (auxiliary "
          "classifier outputs), not logits; CGC trains models whose forward returns logits")
-    need(len(shapes[0]) == 4, f"--layer {cfg.layer} of {cfg.arch} gives {shapes[0]}, not a conv feature map "
+    need(feats.dim() == 4, f"--layer {cfg.layer} of {cfg.arch} gives {tuple(feats.shape)}, not a conv feature map "
          "(N, C, H, W) that Grad-CAM can explain")
 
 
