@@ -391,3 +391,24 @@ def test_worker_killed_mid_epoch_on_a_multinode_cluster(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "multinode" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["epoch"], m["resumed_from_step"]) for m in lines] == [(1, 0), (2, spe + 4)], log[-4000:]
     assert len(set(summary["nodes"])) == 2
+
+
+@pytest.mark.parametrize("level,notice", [("WARNING", False), ("ERROR", False), ("INFO", True), ("DEBUG", True)])
+def test_ray_datas_progress_bar_notice_shows_only_at_info(level, notice):
+    """The job turns Ray Data's progress bars off (its own lines replace them);
+    Ray Data's one-line notice about that is a WARNING of its progress module:
+    shown at --ray-log-level INFO/DEBUG only, that module's errors always."""
+    import logging
+
+    from cgc_ray.train.metrics import ray_log_level
+
+    loggers = [logging.getLogger(n) for n in ("ray.data", "ray.data._internal.progress")]
+    saved = [lg.level for lg in loggers]
+    try:
+        ray_log_level(level)
+        progress = logging.getLogger("ray.data._internal.progress")
+        assert progress.isEnabledFor(logging.WARNING) == notice and progress.isEnabledFor(logging.ERROR)
+        assert logging.getLogger("ray.data").getEffectiveLevel() == logging.getLevelName(level)
+    finally:
+        for lg, lv in zip(loggers, saved):
+            lg.setLevel(lv)

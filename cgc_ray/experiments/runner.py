@@ -202,8 +202,10 @@ def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable]
 
 
 def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> list:
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    if not ray.is_initialized():  # as the training job starts one: Ray's INFO lines off unless asked for
+        level = specs[0].train["ray_log_level"]
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", level)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_config=ray.LoggingConfig(log_level=level))
     fs, root = resolve(sweep.storage_path, sweep.storage)
     concurrent = max_concurrent or _fitting_now(specs[0].train)  # refused before specs.json is written
     pending = _pending(sweep, specs)

@@ -34,7 +34,7 @@ from ..gradcam import CamNet, unwrap
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
 from .config import TrainConfig
-from .metrics import Stopwatch, Telemetry, say
+from .metrics import Stopwatch, Telemetry, ray_log_level, say
 from .model import build_model
 from .schedule import build_optimizer, build_scheduler
 from .watchdog import Beat
@@ -67,6 +67,7 @@ class TrainLoopRunner:
         # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
         # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
         logging.getLogger().setLevel(cfg.ray_log_level)
+        ray_log_level(cfg.ray_log_level)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()

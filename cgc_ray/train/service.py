@@ -33,6 +33,7 @@ from .checkpoint import STATE
 from .config import DATA_CPUS, ConfigError, TrainConfig, check
 from .model import build_model
 from .loop import NoTrainingBatch, train_loop
+from .metrics import ray_log_level
 from .watchdog import Watchdog, open_progress
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def run(cfg: TrainConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> d
         os.environ.setdefault("RAY_DATA_LOG_LEVEL", cfg.ray_log_level)
         ray.init(address=os.environ.get("RAY_ADDRESS"), logging_config=ray.LoggingConfig(log_level=cfg.ray_log_level))
         logging.getLogger("cgc_ray").setLevel(logging.INFO)  # the job's own lines stay
-    logging.getLogger("ray.data").setLevel(cfg.ray_log_level)
+    ray_log_level(cfg.ray_log_level)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job log shows our progress lines
     resources = ray.cluster_resources()
     check(cfg, cluster_gpus=resources.get("GPU", 0.0), cluster_cpus=resources.get("CPU", 0.0))
