@@ -19,6 +19,7 @@ ray.init(address=cluster.address)
 summary = run(parse(["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--epochs", "2",
                      "--val-batches", "1", "--checkpoint-every-steps", "4", "--max-failures", "2",
                      "--placement-strategy", "SPREAD", "--storage-path", out, "--name", "multinode"]),
+              # 640 images / batch 16 = 40 steps an epoch: step 44 is epoch 2, step 4
               callbacks=[KillWorkerAfterCheckpoint(rank=1, global_step=44, marker=f"{out}/killed")])
 with open(f"{out}/summary.json", "w") as f:
     json.dump(summary, f)

@@ -36,13 +36,13 @@ Train retries a worker group that cannot start yet), so give
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import json
 import os
 import subprocess
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -213,7 +213,8 @@ def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> l
         return []
     print(f"sweep {sweep.uri}: {len(pending)} trials to run, up to {concurrent or 'all'} at a time", flush=True)
     tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": TRIAL_CPUS}), param_space={"spec": tune.grid_search([p.to_dict() for p in pending])},
+        tune.with_resources(trial, {"cpu": TRIAL_CPUS}),
+        param_space={"spec": tune.grid_search([p.to_dict() for p in pending])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, trial_dirname_creator=_trial_dir),
         run_config=tune.RunConfig(name=sweep.name, storage_path=root, storage_filesystem=fs, verbose=1))
     return [r.error for r in tuner.fit() if r.error]
