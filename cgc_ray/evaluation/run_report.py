@@ -31,7 +31,7 @@ from ..train.checkpoint import load_model
 from .content_heatmap import content_heatmap, evaluating, geometry, model_device, preprocess
 from .figures import heatmap_view, panel
 
-CAPTION = 16  # pixels under each figure cell for "true / predicted"
+CAPTION = 40  # pixels under each figure cell: three lines (true class, predicted class, CH)
 
 
 def boxed_rows(manifest: Manifest, limit: int | None) -> list[int]:
@@ -149,9 +149,13 @@ def figure(model, layer: str, images, boxes, labels, names: dict[int, str], ch: 
         view, heat, vb = heatmap_view(model, image, b, label, layer=layer, short_side=short_side)
         out = Image.new("RGB", (cell, cell + CAPTION), "white")
         out.paste(panel(view, vb, heat, cell=cell), (0, 0))
-        ImageDraw.Draw(out).text((3, cell + 2), f"true {names[label]}, predicted {names[pred]}, "
-                                                f"{'CH n/a' if math.isnan(score) else f'CH {100 * score:.0f}%'}",
-                                 fill=(0, 0, 0) if pred == label else (200, 0, 0))
+        lines = [f"true {names[label]}", f"predicted {names[pred]}",
+                 "CH n/a" if math.isnan(score) else f"CH {100 * score:.0f}%"]
+        draw = ImageDraw.Draw(out)
+        for k, line in enumerate(lines):  # one line each, cut to the cell's width (long class names)
+            while len(line) > 1 and draw.textlength(line) > cell - 6:
+                line = line[:-4] + "..."
+            draw.text((3, cell + 2 + 12 * k), line, fill=(0, 0, 0) if pred == label else (200, 0, 0))
         cells.append(out)
     rows = -(-len(cells) // columns)
     sheet = Image.new("RGB", (columns * cell, rows * (cell + CAPTION)), "white")
