@@ -188,6 +188,9 @@ def test_a_resumed_sweep_refuses_dropped_trials_or_other_settings_and_takes_new_
               "code_version": "v0"}  # specs.json as earlier versions wrote it
     (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [stored]}))
     assert runner._check_same_trials(sw, specs) == []
+    (tmp_path / "s" / "specs.json").write_text(json.dumps({"keys": ["a"], "specs": [
+        {**stored, "train": {**stored["train"], "lam": None}}]}))  # --lam as versions before 13.4 stored it
+    assert runner._check_same_trials(sw, specs) == []
     with pytest.raises(ValueError, match=r"other settings \(trial a: \['epochs'\]\)"):
         runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
     b = runner.spec(sw, "b", {}, TrainConfig(), ch)

@@ -467,7 +467,7 @@ def test_training_jobs_are_fixed_size_and_valid_configs():
             pytest.fail(f"{kid(kdir)}: the entrypoint's flags do not parse ({e}): {entrypoint}")
         used = cfg.num_workers * getattr(cfg, "gpus_per_worker", 1)
         assert cfg.use_gpu and used == total, f"{kid(kdir)}: the workers must use all {total:g} GPUs, not {used:g}"
-        assert cfg.recipe == ("baseline" if "baseline" in kid(kdir) else "official"), kid(kdir)
+        assert cfg.objective.recipe == ("baseline" if "baseline" in kid(kdir) else "official"), kid(kdir)
         # The overlays repeat the base entrypoint: only the size flags (with the large batches' warm-up)
         # and the baseline's recipe may differ.
         differ = {f for f in set(base) | set(flags(entrypoint)) if base.get(f) != flags(entrypoint).get(f)}

@@ -93,6 +93,14 @@ def test_a_run_resumes_only_with_the_options_it_started_with(tmp_path):
                                           r"\(--lr 0.1 -> 0.2, --momentum 0.9 -> 0.5\).*another --name"):
         started(["--momentum", "0.5", "--lr", "0.2"])
     started(["--momentum", "0.5", "--name", "other"])
+    # config.json of a version before the nested objective stored --lam as given (null: the arch's value)
+    old = {**stored, "name": "other", "lam": None, "removed_option": 1}
+    (tmp_path / "other" / "config.json").write_text(json.dumps(old))
+    (tmp_path / "other" / "checkpoint_2026-11-30_00-00-00.000000").mkdir()
+    started(["--name", "other"])  # lam null meant 1.0 for resnet18: the same run
+    (tmp_path / "other" / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"\(--lam 1.0 -> 0.5\)"):
+        started(["--name", "other", "--lam", "0.5"])
 
 
 def test_weights_from_a_project_checkpoint_folder_or_a_state_dict(tmp_path):
@@ -178,8 +186,8 @@ def test_missing_data_path_fails_before_ray_starts(tmp_path):
 def test_yaml_config_and_flags(tmp_path):
     (tmp_path / "r50.yaml").write_text("arch: resnet50\nepochs: 90\nbatch-size: 512\nrecipe: two_view\n")
     cfg = parse(["--config", str(tmp_path / "r50.yaml"), "--epochs", "5", "--dataset", "imagenet", "--data", "s3://b/x"])
-    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.recipe) == ("resnet50", 5, 512, "two_view")
-    assert cfg.effective_lam == 0.5 and cfg.effective_lr == pytest.approx(0.2)  # paper: lambda 0.5, lr 0.1 x 512/256
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.objective.recipe) == ("resnet50", 5, 512, "two_view")
+    assert cfg.objective.lam == 0.5 and cfg.effective_lr == pytest.approx(0.2)  # paper: lambda 0.5, lr 0.1 x 512/256
     assert parse(["--dataset", "imagenet", "--data", "x"]).epochs == 90  # the paper's preset off the laptop
     # --data without --dataset: an ImageNet-layout root, as in jobs/evaluate.py (issue 13.3)
     from cgc_ray.evaluation.job import parse as parse_eval
@@ -190,9 +198,31 @@ def test_yaml_config_and_flags(tmp_path):
         parse(["--config", str(tmp_path / "bad.yaml")])
 
 
-def test_presets_are_named_and_the_objective_comes_from_the_config():
-    import torch
+def test_the_objective_options_are_flat_outside_and_one_cgcconfig_inside(tmp_path):
+    """Flags, YAML keys and stored configs name the objective's options flat
+    (--lam, --tau, ...); TrainConfig holds them as one CGCConfig, built and
+    checked once (issue 13.4)."""
+    from cgc_ray.objective import CGCConfig
+    from cgc_ray.train.config import TrainConfig, flag_names
 
+    (tmp_path / "o.yaml").write_text("tau: 0.25\nnegatives: global\narch: resnet50\n")
+    cfg = parse(["--config", str(tmp_path / "o.yaml"), "--cam", "autograd"])
+    assert cfg.objective == CGCConfig(lam=0.5, tau=0.25, negatives="global", cam="autograd")  # resnet50: lam 0.5
+    flat = cfg.to_dict()
+    assert "objective" not in flat and (flat["lam"], flat["tau"], flat["layer"]) == (0.5, 0.25, "layer4")
+    assert sorted(flat) == sorted(flag_names()) and json.loads(json.dumps(flat)) == flat
+    assert TrainConfig.from_dict(flat) == cfg
+    baseline = TrainConfig.from_dict({**flat, "lam": None, "recipe": "baseline"})
+    assert baseline.objective.lam == 0.0 and baseline.with_objective(recipe="official").objective.lam == 0.5
+    with pytest.raises(ConfigError, match=r"--recipe baseline trains without the CGC term; drop --lam 0.5"):
+        cfg.with_objective(recipe="baseline")
+    with pytest.raises(ConfigError, match=r"--tau must be > 0, got -1.0"):
+        cfg.with_objective(tau=-1.0)
+    with pytest.raises(ConfigError, match=r"unknown options \['lamda'\]"):
+        TrainConfig.from_dict({**flat, "lamda": 1})
+
+
+def test_presets_are_named_and_the_objective_comes_from_the_config():
     from cgc_ray.objective import CGCConfig
 
     assert (parse([]).preset, parse(["--dataset", "imagenet", "--data", "/d"]).preset) == ("laptop", "paper")
@@ -202,9 +232,10 @@ def test_presets_are_named_and_the_objective_comes_from_the_config():
         parse(["--preset", "fast"])
     cfg = parse(["--lam", "0.3", "--tau", "0.7", "--negatives", "block", "--block-size", "4", "--layer", "layer3",
                  "--precision", "bf16", "--consistency", "mse", "--cam", "autograd"])
-    assert cfg.objective() == CGCConfig(lam=0.3, tau=0.7, negatives="block", block_size=4, layer="layer3",
-                                        amp_dtype=torch.bfloat16, consistency="mse", cam="autograd")
-    assert parse(["--recipe", "baseline"]).objective().lam == 0.0
+    assert cfg.objective == CGCConfig(lam=0.3, tau=0.7, negatives="block", block_size=4, layer="layer3",
+                                      consistency="mse", cam="autograd")
+    assert cfg.precision == "bf16"  # the loop's autocast dtype (CGCConfig.amp_dtype), not an objective flag
+    assert parse(["--recipe", "baseline"]).objective.lam == 0.0
 
 
 def test_no_argument_job_trains_on_two_cpu_workers(ray_cluster, tmp_path, monkeypatch, capsys):
@@ -400,7 +431,7 @@ def test_ray_datas_progress_bar_notice_shows_only_at_info(level, notice):
     shown at --ray-log-level INFO/DEBUG only, that module's errors always."""
     import logging
 
-    from cgc_ray.train.metrics import ray_log_level
+    from cgc_ray.train.cluster import ray_log_level
 
     loggers = [logging.getLogger(n) for n in ("ray.data", "ray.data._internal.progress")]
     saved = [lg.level for lg in loggers]

@@ -80,7 +80,7 @@ def test_layer3_validation_needs_and_gets_gradients():
     """cam='auto' at a layer without the closed form resolves to autograd Grad-CAM in validation too."""
     torch.manual_seed(0)
     net = CamNet(torchvision.models.resnet18(num_classes=10), "layer3")
-    out = validate(net, shard(8), TrainConfig(val_batch_size=4, image_size=SIZE, layer="layer3"),
+    out = validate(net, shard(8), TrainConfig(val_batch_size=4, image_size=SIZE),
                    CGCConfig(layer="layer3"), "cpu")
     assert out["val_images"] == 8 and math.isfinite(out["val_cgc_loss"])
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from ..data.indexers import default_dataset
 from ..data.storage import StorageOptions
 from ..errors import UserError
-from ..train.config import absolute_paths
+from ..train.config import LOG_LEVELS, absolute_paths
 from .insertion import STEP
 
 CHOICES = ("top1", "ch", "iauc", "cgc")  # what --metrics may ask for (top1 also gives top-5)
@@ -55,6 +55,8 @@ class EvalConfig:
                           "box (named in the log and results.json) instead of failing")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL")
     s3_region: str | None = _opt(None, "S3 region")
+    ray_log_level: str = _opt("WARNING", "Ray's own log lines from the job's processes (INFO shows Ray Data's "
+                              "plans)", choices=LOG_LEVELS)
 
     def storage(self) -> StorageOptions:
         return StorageOptions(endpoint_url=self.s3_endpoint, region=self.s3_region)

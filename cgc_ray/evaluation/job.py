@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 import uuid
 
 import numpy as np
@@ -27,6 +26,7 @@ from ..data.manifest import write as write_manifest
 from ..data.pipeline import open_ledger
 from ..data.storage import StorageOptions, read_bytes, write_bytes
 from ..data.views import BadImage, decode_rgb
+from ..train.cluster import connect
 from . import figures, report
 from .batch_metrics import boxes_array, predictions
 from .checkpoints import Checkpoint, class_sets, method_labels, usable_checkpoints  # noqa: F401 (class_sets: API)
@@ -94,9 +94,7 @@ def run(cfg: EvalConfig) -> dict:
     no_boxes = rows_without_boxes(cfg, table)
     cfg, checkpoints, sets, skipped = usable_checkpoints(cfg, manifest, set(table.column("label").to_pylist()))
     metas = [ck.meta for ck in checkpoints]
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    connect(cfg.ray_log_level)
     if cfg.use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
         raise EvalError("--use-gpu, but the Ray cluster has no GPU")
     labels = method_labels(cfg, metas)

@@ -96,7 +96,8 @@ def dataset_configs(req: Request) -> Iterator[tuple[str, TrainConfig]]:
 def methods(cfg: TrainConfig, lam: float) -> list[tuple[str, str, float | None]]:
     """The pair every table compares, as (method, recipe, λ): cross-entropy
     alone, and CGC with the run's recipe (official unless one was given)."""
-    return [("baseline", "baseline", None), ("cgc", cfg.recipe if cfg.recipe != "baseline" else "official", lam)]
+    recipe = cfg.objective.recipe
+    return [("baseline", "baseline", None), ("cgc", recipe if recipe != "baseline" else "official", lam)]
 
 
 def add_subset_flag(p: argparse.ArgumentParser) -> None:

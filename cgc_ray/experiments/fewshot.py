@@ -64,13 +64,13 @@ def _episode_trials(req: Request, sw: runner.Sweep, name: str, cfg, ep: episodes
                     lam: float) -> list[runner.TrialSpec]:
     """Baseline and CGC on one episode, with the episode's seed."""
     train, val = episodes.write_episode(ep, sw.path("episodes", f"{name}-{ep.shots}shot-ep{k}"), sw.storage)
-    run_cfg = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train, val_manifest=val, seed=ep.seed,
-                                                tau=req.args.tau), len(ep.train))
+    run_cfg = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train, val_manifest=val,
+                                                seed=ep.seed).with_objective(tau=req.args.tau), len(ep.train))
     specs = []
     for method, recipe, weight in cli.methods(cfg, lam):
-        trial = dataclasses.replace(run_cfg, recipe=recipe, lam=weight)
+        trial = run_cfg.with_objective(recipe=recipe, lam=weight)
         tags = {"method": method, "dataset": name, "shots": ep.shots, "episode": k, "seed": ep.seed,
-                "lam": trial.effective_lam, "tau": req.args.tau}
+                "lam": trial.objective.lam, "tau": req.args.tau}
         specs.append(runner.spec(sw, f"{name}-{ep.shots}shot-ep{k}-{method}", tags, trial,
                                  cli.ch_settings(req.args, cfg)))
     return specs

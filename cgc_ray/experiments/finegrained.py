@@ -48,8 +48,8 @@ def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
         lam = args.lam if args.lam is not None else LAMBDA.get(name, 0.5)
         for seed in range(args.trials):
             for method, recipe, weight in cli.methods(cfg, lam):
-                run_cfg = dataclasses.replace(cfg, recipe=recipe, lam=weight, tau=args.tau, seed=seed)
-                tags = {"method": method, "dataset": name, "lam": run_cfg.effective_lam, "tau": args.tau,
+                run_cfg = dataclasses.replace(cfg, seed=seed).with_objective(recipe=recipe, lam=weight, tau=args.tau)
+                tags = {"method": method, "dataset": name, "lam": run_cfg.objective.lam, "tau": args.tau,
                         "seed": seed}
                 specs.append(runner.spec(sw, f"{name}-{method}-seed{seed}", tags, run_cfg,
                                          cli.ch_settings(args, run_cfg)))

@@ -44,5 +44,6 @@ def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     return [runner.spec(sw, f"lam{lam:g}-tau{tau:g}-seed{seed}",
                         {"method": "cgc" if lam else "baseline", "dataset": base.dataset,
                          "lam": lam, "tau": tau, "seed": seed},
-                        dataclasses.replace(base, lam=lam, tau=tau, seed=seed), cli.ch_settings(args, base))
+                        dataclasses.replace(base, seed=seed).with_objective(lam=lam, tau=tau),
+                        cli.ch_settings(args, base))
             for lam in cli.floats(grid, "--lam") for tau in cli.floats(args.tau, "--tau") for seed in cli.ints(args.seeds, "--seeds")]

@@ -57,16 +57,18 @@ def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
         base = dataclasses.replace(req.base, dataset=name, data=None)
         lam0 = preset_lam(base)
         configs = [("baseline", "baseline", None, "infonce")]
-        configs += [("cgc", base.recipe if base.recipe != "baseline" else "official", lam, "infonce")
+        recipe = base.objective.recipe
+        configs += [("cgc", recipe if recipe != "baseline" else "official", lam, "infonce")
                     for lam in sorted(set(cli.floats(args.lam, "--lam")) | {lam0})]
         configs += [("cgc_mse", "official", lam0, "mse")]
         configs = [c for c in configs if c[0] in methods]
         for seed in cli.ints(args.seeds, "--seeds"):
             for method, recipe, lam, consistency in configs:
                 key = f"{name}-{method}-lam{lam or 0:g}-seed{seed}"
-                tags = {"method": method, "dataset": name, "lam": lam or 0.0, "tau": base.tau, "seed": seed,
+                tags = {"method": method, "dataset": name, "lam": lam or 0.0, "tau": base.objective.tau, "seed": seed,
                         "preset_lam": lam0}
-                cfg = dataclasses.replace(base, recipe=recipe, lam=lam, consistency=consistency, seed=seed)
+                cfg = dataclasses.replace(base, seed=seed)
+                cfg = cfg.with_objective(recipe=recipe, lam=lam, consistency=consistency)
                 out.append(runner.spec(sw, key, tags, cfg, ch_settings(args, base)))
     return out
 

@@ -40,7 +40,6 @@ import dataclasses
 import functools
 import importlib.metadata
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -54,7 +53,8 @@ from ..data.indexers import child
 from ..data.storage import StorageOptions, exists, list_dir, read_bytes, resolve, write_bytes
 from ..evaluation.run_report import checkpoint_ch
 from ..train import service
-from ..train.config import DATA_CPUS, ConfigError, TrainConfig, check  # DATA_CPUS: a trial's input tasks
+from ..train.cluster import connect
+from ..train.config import DATA_CPUS, ConfigError, TrainConfig, check, comparable  # DATA_CPUS: trial input
 from . import tables
 
 TRIAL_CPUS = 0.01  # the trial process only drives its TorchTrainer
@@ -125,7 +125,7 @@ def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> Tria
     ConfigError for a grid point that fails TrainConfig's checks or whose --data cannot be read."""
     # the trial scores CH with the sweep's settings (`_ch_task`), not the run's own end-of-run pass
     train = {**cfg.to_dict(), "name": key, "storage_path": sweep.path("runs"), "explain_images": 0}
-    check(TrainConfig(**train))  # a bad grid point fails before anything starts
+    check(TrainConfig.from_dict(train))  # a bad grid point fails before anything starts
     if cfg.data and not _readable(cfg.data, _storage(cfg)):
         raise ConfigError(f"--data {cfg.data} does not exist or cannot be read")
     return TrialSpec(key=key, tags=tags, train=train, ch=ch, sweep=sweep.uri, code_version=code_version())
@@ -136,7 +136,7 @@ def spec(sweep: Sweep, key: str, tags: dict, cfg: TrainConfig, ch: dict) -> Tria
 def trial(config: dict) -> None:
     """The Tune function trainable; config["spec"]: a TrialSpec as a dict."""
     spec = TrialSpec(**config["spec"])
-    cfg = TrainConfig(**spec.train)
+    cfg = TrainConfig.from_dict(spec.train)
     storage = _storage(cfg)
     row_uri = child(spec.sweep, "results", f"{spec.key}.json")
     if exists(row_uri, storage):
@@ -202,10 +202,7 @@ def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable]
 
 
 def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> list:
-    if not ray.is_initialized():  # as the training job starts one: Ray's INFO lines off unless asked for
-        level = specs[0].train["ray_log_level"]
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", level)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_config=ray.LoggingConfig(log_level=level))
+    connect(specs[0].train["ray_log_level"])  # as the training job does
     fs, root = resolve(sweep.storage_path, sweep.storage)
     concurrent = max_concurrent or _fitting_now(specs[0].train)  # refused before specs.json is written
     pending = _pending(sweep, specs)
@@ -264,8 +261,9 @@ def _check_same_trials(sweep: Sweep, specs: list[TrialSpec]) -> list[TrialSpec]:
                           "trials may be added), or use another --name")
     for s in specs:
         old = stored.get(s.key)
-        # an option TrainConfig gained since the sweep started is not a change of its settings
-        changed = sorted(k for k in old.train if s.train.get(k) != old.train[k]) if old else []
+        # an option TrainConfig gained (or lost) since the sweep started is not a change of its settings
+        was = comparable(old.train) if old else {}
+        changed = sorted(k for k in was if s.train.get(k) != was[k])
         if old and (changed or s.ch != old.ch):
             raise ConfigError(f"sweep {sweep.uri} was started with other settings (trial {s.key}: "
                               f"{changed or 'CH settings'}); re-run it with the same options, or use another --name")

@@ -68,9 +68,9 @@ def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
         write_manifest(manifests[method], uri, sw.storage)
         run_cfg = cli.fit_batch(dataclasses.replace(base, train_manifest=uri), len(manifests[method]))
         for seed in cli.ints(args.seeds, "--seeds"):
-            trial = dataclasses.replace(run_cfg, recipe=recipe, lam=lam, seed=seed)
+            trial = dataclasses.replace(run_cfg, seed=seed).with_objective(recipe=recipe, lam=lam)
             tags = {"method": method, "dataset": base.dataset, "labels": label_tag, "labeled": len(labeled),
-                    "lam": trial.effective_lam, "tau": trial.tau, "seed": seed}
+                    "lam": trial.objective.lam, "tau": trial.objective.tau, "seed": seed}
             specs.append(runner.spec(sw, f"{method}-seed{seed}", tags, trial, cli.ch_settings(args, trial)))
     return specs
 

@@ -24,6 +24,7 @@ from ..objective import CGCConfig, OptionError
 PAPER_LAMBDA = {"resnet18": 1.0, "resnet50": 0.5}
 DATA_CPUS = 1.0  # a run's Ray Data tasks need a CPU the workers do not hold, or the input never moves
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # --ray-log-level
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype per --precision
 
 
@@ -51,16 +52,10 @@ class TrainConfig:
     # model
     arch: str = "resnet18"
     weights: str | None = None         # initial weights: local path or s3:// URI (never a hub download)
-    layer: str = "layer4"
-    # objective
-    recipe: str = "official"
-    lam: float | None = None           # None: the paper's value for the arch (1.0 / 0.5), 0 for baseline
-    tau: float = 0.5
-    arrangement: str = "official"
-    negatives: str = "local"
-    block_size: int | None = None
-    consistency: str = "infonce"
-    cam: str = "auto"
+    # objective: CE + lam * L_CGC (objective.CGCConfig; also --layer, the explained layer). Flat on the
+    # command line, in YAML files and stored configs (--lam, --tau, ...); --lam defaults to the paper's value
+    # for --arch (1.0 / 0.5), 0 for --recipe baseline
+    objective: CGCConfig = field(default_factory=CGCConfig)
     # optimisation (the paper's ImageNet recipe)
     epochs: int = 90
     batch_size: int = 256              # global, over all workers
@@ -101,17 +96,35 @@ class TrainConfig:
     ray_log_level: str = "WARNING"     # Ray's own log lines from the job's processes (INFO shows every report)
     stall_seconds: float = 120.0       # log what the run waits for after this long without progress (0: off)
 
-    @property
-    def effective_lam(self) -> float:
-        if self.recipe == "baseline":
-            return 0.0
-        return self.lam if self.lam is not None else PAPER_LAMBDA.get(self.arch, 1.0)
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """From the flat form (flags, YAML, a stored config.json or trial spec):
+        the objective's keys (OBJECTIVE_KEYS) build `objective`, a --lam of
+        None the paper's value for --arch. Raises ConfigError naming the flag
+        of a bad objective option, or keys no TrainConfig option has."""
+        values = dict(values)
+        options = {k: values.pop(k) for k in OBJECTIVE_KEYS if k in values}
+        if "objective" not in values:
+            options.setdefault("lam", None)  # the paper's value for the arch
+        if unknown := sorted(set(values) - {f.name for f in fields(cls)} - {"objective"}):
+            raise ConfigError(f"unknown options {unknown} (a configuration written by another version?)")
+        return cls(**values).with_objective(**options)
 
-    def objective(self) -> CGCConfig:
-        """The objective's settings (the one place TrainConfig's fields map to CGCConfig's)."""
-        return CGCConfig(lam=self.effective_lam, tau=self.tau, recipe=self.recipe, arrangement=self.arrangement,
-                         negatives=self.negatives, block_size=self.block_size, consistency=self.consistency,
-                         layer=self.layer, cam=self.cam, amp_dtype=AMP_DTYPES[self.precision])
+    def with_objective(self, **options) -> TrainConfig:
+        """A copy with these objective options changed (lam=None: the paper's
+        value for the arch, 0 for the baseline recipe). Raises ConfigError."""
+        if "lam" in options or "recipe" in options:
+            recipe = options.get("recipe", self.objective.recipe)
+            leaves_baseline = self.objective.recipe == "baseline" != recipe  # its lam 0 was the recipe's
+            lam = options.get("lam", None if leaves_baseline else self.objective.lam)
+            if recipe == "baseline" and lam:
+                raise ConfigError(f"--recipe baseline trains without the CGC term; drop --lam {lam}")
+            options["lam"] = 0.0 if recipe == "baseline" else (
+                PAPER_LAMBDA.get(self.arch, 1.0) if lam is None else lam)
+        try:
+            return dataclasses.replace(self, objective=dataclasses.replace(self.objective, **options))
+        except OptionError as e:  # CGCConfig checks the objective's options
+            raise ConfigError(f"--{e.field.replace('_', '-')} must be {e.allowed}, got {e.value!r}") from None
 
     def bad_image_limit(self, train_images: int) -> int | None:
         """Unreadable images allowed: --max-bad-images, and no more than --max-bad-share of the set."""
@@ -124,7 +137,13 @@ class TrainConfig:
         return self.lr * self.batch_size / self.lr_reference_batch
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat form: every option by its flag's name (JSON-ready)."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "objective"}
+        return {**flat, **{k: getattr(self.objective, k) for k in OBJECTIVE_KEYS}}
+
+
+# the objective's options as flags (amp_dtype follows --precision, in the training loop)
+OBJECTIVE_KEYS = tuple(f.name for f in fields(CGCConfig) if f.name != "amp_dtype")
 
 
 # The no-argument run: the embedded set on a 2-core laptop, in minutes.
@@ -151,22 +170,19 @@ def check(cfg: TrainConfig, cluster_gpus: float | None = None, cluster_cpus: flo
         if not ok:
             raise ConfigError(message)
 
+    obj = cfg.objective  # CGCConfig checked its options when it was built
     need(cfg.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}")
-    try:
-        cfg.objective()  # CGCConfig checks the objective's options
-    except OptionError as e:
-        raise ConfigError(f"--{e.field.replace('_', '-')} must be {e.allowed}, got {e.value!r}") from None
     need(cfg.arch in torchvision.models.list_models(module=torchvision.models),
          f"--arch {cfg.arch!r} is not a torchvision classifier (e.g. resnet18, resnet50, resnext50_32x4d)")
-    need(not (cfg.recipe == "baseline" and cfg.lam), f"--recipe baseline trains without the CGC term; drop --lam {cfg.lam}")
+    need(not (obj.recipe == "baseline" and obj.lam), f"--recipe baseline trains without the CGC term; drop --lam {obj.lam}")
     need(cfg.num_workers >= 1, f"--num-workers must be >= 1, got {cfg.num_workers}")
     need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
     need(cfg.batch_size % cfg.num_workers == 0,
          f"--batch-size {cfg.batch_size} is not divisible by --num-workers {cfg.num_workers}")
     per_worker = cfg.batch_size // cfg.num_workers
-    need(cfg.recipe == "baseline" or cfg.consistency == "mse" or per_worker >= 2,
+    need(obj.recipe == "baseline" or obj.consistency == "mse" or per_worker >= 2,
          f"--batch-size {cfg.batch_size} gives {per_worker} image per worker: the contrastive loss needs >= 2")
-    need(cfg.negatives != "block" or (cfg.block_size and per_worker % cfg.block_size == 0),
+    need(obj.negatives != "block" or per_worker % obj.block_size == 0,
          f"--negatives block needs --block-size dividing the per-worker batch {per_worker}")
     need(cfg.val_batch_size >= 2, "--val-batch-size must be >= 2 (the validation CGC loss needs negatives)")
     need(cfg.image_size <= cfg.resize_size, f"--image-size {cfg.image_size} > --resize-size {cfg.resize_size}")
@@ -213,7 +229,7 @@ RANGES = {
     "val_batches": (lambda v: v is None or v >= 1, ">= 1"),
     "object_store_limit_gb": (lambda v: v is None or v > 0, "> 0"),
     "stall_seconds": (lambda v: v >= 0, ">= 0 (0: off)"),
-    "ray_log_level": (lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"), "one of DEBUG, INFO, WARNING, ERROR"),
+    "ray_log_level": (lambda v: v in LOG_LEVELS, "one of " + ", ".join(LOG_LEVELS)),
 }
 
 
@@ -227,39 +243,40 @@ def _check_model(cfg: TrainConfig, need) -> None:
     """--arch and --layer fit CGC: a Linear head to replace, and a layer whose
     output is a (N, C, H, W) feature map to explain. Checked on the meta
     device: shapes only, no memory, no weights."""
+    layer, cam = cfg.objective.layer, cfg.objective.cam
     with torch.device("meta"):
         model = torchvision.models.get_model(cfg.arch, weights=None).train()  # as training will run it
     need(any(isinstance(m, torch.nn.Linear) for m in model.modules()),
          f"--arch {cfg.arch} has no Linear classification head to replace")
-    need(cfg.layer in dict(model.named_modules()), f"--layer {cfg.layer!r} is not a module of {cfg.arch} "
+    need(layer in dict(model.named_modules()), f"--layer {layer!r} is not a module of {cfg.arch} "
          f"(its top-level modules: {', '.join(n for n, _ in model.named_children())})")
-    net = CamNet(model, cfg.layer)  # what training runs: its hooks catch the layer and BatchNorm after it
+    net = CamNet(model, layer)  # what training runs: its hooks catch the layer and BatchNorm after it
     try:
         out, feats = net(torch.empty(2, 3, cfg.image_size, cfg.image_size, device="meta"))
     except InPlaceLayer:
-        need(False, f"--layer {cfg.layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
+        need(False, f"--layer {layer} of {cfg.arch}: its output is changed in place later in the forward (e.g. "
              "`out += identity`, ReLU(inplace=True)), so Grad-CAM would explain another layer's map; choose the "
              "block or activation that ends the in-place chain")
     except UnsuitableLayer as e:
-        need(False, f"--layer {cfg.layer} of {cfg.arch}: {e}")
+        need(False, f"--layer {layer} of {cfg.arch}: {e}")
     except (RuntimeError, ValueError, AssertionError) as e:  # torchvision asserts input sizes (ViT)
         need(False, f"--arch {cfg.arch} cannot run on --image-size {cfg.image_size} inputs ({e})")
     finally:
         net.remove()
     closed_form = net.linear_head() is not None
     need(not (cfg.sync_bn and net.batch_coupled),
-         f"--sync-bn with --layer {cfg.layer} of {cfg.arch}: a batch-statistics BatchNorm follows the layer, so "
+         f"--sync-bn with --layer {layer} of {cfg.arch}: a batch-statistics BatchNorm follows the layer, so "
          "each image's Grad-CAM is taken from its own gradient (a batched backward), which SyncBatchNorm's "
          "cross-GPU backward does not support; drop --sync-bn or explain a layer after the last BatchNorm")
-    need(cfg.cam != "closed_form" or closed_form, f"--cam closed_form needs --layer layer4 followed by global average "
-         f"pooling and a Linear fc (a torchvision ResNet); {cfg.arch} --layer {cfg.layer} needs --cam autograd or auto")
-    need(not cfg.compile or cfg.cam == "closed_form" or (cfg.cam == "auto" and closed_form),
-         f"--compile with the autograd Grad-CAM (--cam {cfg.cam} at {cfg.arch} --layer {cfg.layer}) fails at the first "
+    need(cam != "closed_form" or closed_form, f"--cam closed_form needs --layer layer4 followed by global average "
+         f"pooling and a Linear fc (a torchvision ResNet); {cfg.arch} --layer {layer} needs --cam autograd or auto")
+    need(not cfg.compile or cam == "closed_form" or (cam == "auto" and closed_form),
+         f"--compile with the autograd Grad-CAM (--cam {cam} at {cfg.arch} --layer {layer}) fails at the first "
          "step: the compiled graph returns the layer's activations detached from the logits; use --cam closed_form "
          "(layer4 of a ResNet) or drop --compile")
     need(isinstance(out, torch.Tensor), f"--arch {cfg.arch} returns {type(out).__name__} in training (auxiliary "
          "classifier outputs), not logits; CGC trains models whose forward returns logits")
-    need(feats.dim() == 4, f"--layer {cfg.layer} of {cfg.arch} gives {tuple(feats.shape)}, not a conv feature map "
+    need(feats.dim() == 4, f"--layer {layer} of {cfg.arch} gives {tuple(feats.shape)}, not a conv feature map "
          "(N, C, H, W) that Grad-CAM can explain")
 
 
@@ -276,7 +293,7 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     """TrainConfig from `--config file.yaml` and flags (flags win)."""
     parser = argparse.ArgumentParser(description="Train a classifier with CGC on Ray Train.")
     parser.add_argument("--config", help="YAML file with any of the options below")
-    for f in fields(TrainConfig):
+    for f in flag_fields():
         _add_flag(parser, f)
     args = parser.parse_args(argv)
     values = {}
@@ -291,7 +308,26 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     preset = dict(PRESETS[values["preset"]])
     if "warmup_epochs" in preset and "warmup_epochs" not in values:  # leave at least one full epoch
         preset["warmup_epochs"] = min(preset["warmup_epochs"], max(0, values.get("epochs", preset["epochs"]) - 1))
-    return TrainConfig(**absolute_paths({**preset, **values}, PATH_FIELDS))
+    return TrainConfig.from_dict(absolute_paths({**preset, **values}, PATH_FIELDS))
+
+
+def flag_fields() -> list:
+    """TrainConfig's fields with `objective` spread into CGCConfig's: one flag each."""
+    spread = [f for f in fields(CGCConfig) if f.name in OBJECTIVE_KEYS]
+    return [g for f in fields(TrainConfig) for g in (spread if f.name == "objective" else [f])]
+
+
+def flag_names() -> list[str]:
+    return [f.name for f in flag_fields()]
+
+
+def comparable(stored: dict) -> dict:
+    """A stored flat configuration (a run's config.json, a trial spec) as this
+    version would write it, to compare with a new request: a --lam stored as
+    None (versions before the nested objective) becomes the value it meant,
+    and options this version does not know are dropped."""
+    known = {k: v for k, v in stored.items() if k in set(flag_names())}
+    return {k: v for k, v in TrainConfig.from_dict(known).to_dict().items() if k in stored}
 
 
 PATH_FIELDS = ("data", "manifest_dir", "train_manifest", "val_manifest", "weights", "storage_path")
@@ -327,7 +363,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
-    known = {f.name for f in fields(TrainConfig)}
+    known = set(flag_names())
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - known)
     if unknown:

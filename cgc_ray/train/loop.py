@@ -12,6 +12,7 @@ Rank 0 also keeps `<run>/metrics.jsonl`, one line per finished epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -33,8 +34,9 @@ from ..errors import UserError
 from ..gradcam import CamNet, unwrap
 from ..objective import CGCConfig, cgc_objective, heatmap_consistency
 from . import checkpoint
-from .config import TrainConfig
-from .metrics import Stopwatch, Telemetry, ray_log_level, say
+from .config import AMP_DTYPES, TrainConfig
+from .cluster import ray_log_level
+from .metrics import Stopwatch, Telemetry, say
 from .model import build_model
 from .schedule import build_optimizer, build_scheduler
 from .watchdog import Beat
@@ -62,7 +64,7 @@ class TrainLoopRunner:
     (validate, log, checkpoint), as in Ray's release/train_tests/benchmark."""
 
     def __init__(self, loop_config: dict):
-        cfg = self.cfg = TrainConfig(**loop_config["train"])
+        cfg = self.cfg = TrainConfig.from_dict(loop_config["train"])
         self.loop_config, self.steps_per_epoch = loop_config, loop_config["steps_per_epoch"]
         # Ray Train sets a worker's root logger to INFO, and its "Reporting training result" logger is named by
         # its file path, outside the ray.train namespace its LoggingConfig filters: --ray-log-level applies here
@@ -72,7 +74,7 @@ class TrainLoopRunner:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self._build_model()
-        self.objective = cfg.objective()
+        self.objective = dataclasses.replace(cfg.objective, amp_dtype=AMP_DTYPES[cfg.precision])
         self.opt = build_optimizer(self.model, cfg)
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
@@ -82,8 +84,9 @@ class TrainLoopRunner:
         self.telemetry = Telemetry(cfg.name, self.rank, cfg.log_every_steps, self.steps_per_epoch, cfg.epochs)
         self.train_shard = ray.train.get_dataset_shard("train")
         self.val_shard = ray.train.get_dataset_shard(f"val_{self.rank}")
-        self.meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": cfg.layer,
-                     "recipe": cfg.recipe, "lam": cfg.effective_lam, "tau": cfg.tau}
+        obj = cfg.objective
+        self.meta = {"arch": cfg.arch, "classes": loop_config["classes"], "layer": obj.layer,
+                     "recipe": obj.recipe, "lam": obj.lam, "tau": obj.tau}
         self.beat = Beat(loop_config.get("progress") if self.rank == 0 else None)  # the driver's watchdog reads it
         ledger = DataSettings(ledger=loop_config.get("ledger"), max_bad_images=loop_config.get("max_bad_images"))
         self.on_bad = functools.partial(record_bad_images, settings=ledger)  # neither the device nor the CPU decodes
@@ -98,7 +101,7 @@ class TrainLoopRunner:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.net = ray.train.torch.prepare_model(CamNet(model, cfg.layer))
+        self.net = ray.train.torch.prepare_model(CamNet(model, cfg.objective.layer))
         if cfg.compile:
             self.net = torch.compile(self.net)
 
@@ -152,9 +155,9 @@ class TrainLoopRunner:
         (the objective's output, the number of images)."""
         cfg = self.cfg
         if cfg.gpu_decode:
-            raw = decode_views(raw, cfg.recipe, cfg.image_size, cfg.resize_size, self.device,
+            raw = decode_views(raw, cfg.objective.recipe, cfg.image_size, cfg.resize_size, self.device,
                                on_failure=self.on_bad, on_fallback=self.cpu_decoded.extend)
-        batch = to_device(raw, cfg.recipe, self.device, cfg.channels_last)
+        batch = to_device(raw, cfg.objective.recipe, self.device, cfg.channels_last)
         out = cgc_objective(self.net, batch, self.objective)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()

@@ -4,7 +4,6 @@ line in the job log."""
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
@@ -24,15 +23,6 @@ GAUGES = {
     "epoch": "Epoch in progress",
 }
 TAGS = ("run", "rank")
-
-
-def ray_log_level(level: str) -> None:
-    """--ray-log-level for Ray Data in this process. Ray Data also warns, once
-    per process, that progress bars are off: the job turns them off itself
-    (its progress lines replace them), so that notice shows at INFO or DEBUG only."""
-    logging.getLogger("ray.data").setLevel(level)
-    quiet = logging.getLevelName(level) >= logging.WARNING
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR if quiet else level)
 
 
 class Telemetry:

@@ -30,10 +30,10 @@ from ..data.pipeline import DataSettings, data_config, open_ledger, too_many_bad
 from ..data.storage import StorageOptions, exists, file_info, list_dir, read_bytes, resolve, split_uri, write_bytes
 from ..evaluation.run_report import explain_checkpoint
 from .checkpoint import STATE
-from .config import DATA_CPUS, ConfigError, TrainConfig, check
+from .config import DATA_CPUS, ConfigError, TrainConfig, check, comparable
 from .model import build_model
 from .loop import NoTrainingBatch, train_loop
-from .metrics import ray_log_level
+from .cluster import connect
 from .watchdog import Watchdog, open_progress
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,7 @@ def run(cfg: TrainConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> d
     if cfg.weights:
         cfg.weights = check_weights(cfg.weights, cfg.arch, storage)
     check_resume(cfg, storage)
-    if not ray.is_initialized():
-        # Ray's documented logging settings, its INFO lines (every report, every Ray Data execution) off
-        # unless asked for; RAY_DATA_LOG_LEVEL reaches a local cluster's processes through their environment
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", cfg.ray_log_level)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_config=ray.LoggingConfig(log_level=cfg.ray_log_level))
-        logging.getLogger("cgc_ray").setLevel(logging.INFO)  # the job's own lines stay
-    ray_log_level(cfg.ray_log_level)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the job log shows our progress lines
+    connect(cfg.ray_log_level)
     resources = ray.cluster_resources()
     check(cfg, cluster_gpus=resources.get("GPU", 0.0), cluster_cpus=resources.get("CPU", 0.0))
 
@@ -96,12 +89,12 @@ def run(cfg: TrainConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> d
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              logging_config=ray.train.LoggingConfig(log_level=cfg.ray_log_level)),
-        datasets={"train": train_dataset(train_uri, cfg.recipe, settings),
+        datasets={"train": train_dataset(train_uri, cfg.objective.recipe, settings),
                   **{f"val_{k}": val_dataset(val_uri, settings, (k, cfg.num_workers)) for k in range(cfg.num_workers)}},
         dataset_config=data_config(settings),
     )
-    print(f"run {cfg.name!r} (preset {cfg.preset or 'paper'}): {cfg.arch} {cfg.recipe} (lambda {cfg.effective_lam}, "
-          f"tau {cfg.tau}) on "
+    print(f"run {cfg.name!r} (preset {cfg.preset or 'paper'}): {cfg.arch} {cfg.objective.recipe} "
+          f"(lambda {cfg.objective.lam}, tau {cfg.objective.tau}) on "
           f"{len(train_m)} {cfg.dataset} images, {cfg.num_workers} workers, {cfg.epochs} epochs x "
           f"{steps_per_epoch} steps; storage {_run_uri(cfg)}", flush=True)
     started = time.time()
@@ -189,10 +182,10 @@ def check_resume(cfg: TrainConfig, storage: StorageOptions) -> None:
     except OSError:
         stored = None
     if stored is not None:
-        changed = sorted(k for k, v in cfg.to_dict().items()
-                         if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v)
+        stored, now = comparable(stored), cfg.to_dict()
+        changed = sorted(k for k, v in now.items() if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v)
         if changed:
-            diff = ", ".join(f"--{k.replace('_', '-')} {stored[k]} -> {getattr(cfg, k)}" for k in changed)
+            diff = ", ".join(f"--{k.replace('_', '-')} {stored[k]} -> {now[k]}" for k in changed)
             raise ConfigError(f"run {cfg.name!r} in {cfg.storage_path} was started with other options ({diff}); "
                               "a run continues only with the model, objective, data and optimisation options it "
                               "started with. Start a new run with another --name")
@@ -283,7 +276,7 @@ def _summary(cfg, result, train_m, steps_per_epoch, seconds, bad) -> dict:
     metrics = dict(result.metrics or {})
     ckpt = result.checkpoint
     return {
-        "run": cfg.name, "config": cfg.to_dict(), "lambda": cfg.effective_lam,
+        "run": cfg.name, "config": cfg.to_dict(), "lambda": cfg.objective.lam,
         "lr": cfg.effective_lr, "train_images": len(train_m), "num_classes": len(train_m.classes),
         "steps_per_epoch": steps_per_epoch,
         "epochs_done": metrics.get("epoch"), "global_step": metrics.get("global_step"),
