@@ -32,6 +32,9 @@ plus one CPU for its input tasks) and GPUs allow; on an autoscaling cluster
 (--autoscaling) there is no cap: waiting trials are what makes it grow (Ray
 Train retries a worker group that cannot start yet), so give
 --max-concurrent-trials to match the cluster's largest size.
+
+(Just over 300 lines on purpose: the trial, its stored row and the resume
+rules are one contract with the storage layout above, read in one place.)
 """
 
 from __future__ import annotations
