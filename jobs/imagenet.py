@@ -5,8 +5,9 @@
         --dataset imagenet --data s3://bucket/ILSVRC2012 --arch resnet50 \
         --num-workers 16 --use-gpu --precision bf16 --channels-last --name r50-cgc
 
-Every option of cgc_ray.train.config.TrainConfig is a flag (--help) or a key of
-a YAML file given with --config.
+Every option of cgc_ray.train.config.TrainConfig (the objective's, in
+TrainConfig.objective, too) is a flag (--help) or a key of a YAML file given
+with --config.
 """
 
 import sys

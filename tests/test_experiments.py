@@ -194,6 +194,8 @@ def test_a_resumed_sweep_refuses_dropped_trials_or_other_settings_and_takes_new_
     with pytest.raises(ValueError, match=r"other settings \(trial a: \['epochs'\]\)"):
         runner._check_same_trials(sw, [runner.spec(sw, "a", {}, TrainConfig(epochs=5), ch)])
     b = runner.spec(sw, "b", {}, TrainConfig(), ch)
+    with pytest.raises(ValueError, match=r"the request gives no trials"):  # before Ray or storage is touched
+        runner.run_sweep(sw, [], {})
     assert runner._check_same_trials(sw, [*specs, b]) == [b]  # a grid extended: b is new
     with pytest.raises(ValueError, match=r"started with trials this request leaves out \(1: \['a'\]\)"):
         runner._check_same_trials(sw, [b])

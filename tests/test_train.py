@@ -214,8 +214,10 @@ def test_the_objective_options_are_flat_outside_and_one_cgcconfig_inside(tmp_pat
     assert TrainConfig.from_dict(flat) == cfg
     baseline = TrainConfig.from_dict({**flat, "lam": None, "recipe": "baseline"})
     assert baseline.objective.lam == 0.0 and baseline.with_objective(recipe="official").objective.lam == 0.5
+    assert cfg.with_objective(recipe="baseline").objective.lam == 0.0  # the recipe's own lam
     with pytest.raises(ConfigError, match=r"--recipe baseline trains without the CGC term; drop --lam 0.5"):
-        cfg.with_objective(recipe="baseline")
+        cfg.with_objective(recipe="baseline", lam=0.5)
+    assert TrainConfig(arch="resnet50").objective.lam == 0.5  # built here too: the arch's lam
     with pytest.raises(ConfigError, match=r"--tau must be > 0, got -1.0"):
         cfg.with_objective(tau=-1.0)
     with pytest.raises(ConfigError, match=r"unknown options \['lamda'\]"):

@@ -4,7 +4,7 @@ before the sweep starts.
 
 A job's own flags (the grid, --name, --storage-path, CH and resource flags)
 are parsed here; every other flag is a training option handed to
-`cgc_ray.train.config.parse` (any TrainConfig field, or `--config x.yaml`),
+`cgc_ray.train.config.parse` (any TrainConfig option, or `--config x.yaml`),
 so `--epochs 1 --arch resnet50 --weights s3://...` work as in jobs/imagenet.py.
 Parsing touches neither storage nor Ray: `parse` checks a command line alone
 (the Kubernetes manifests' entrypoints are checked with it).

@@ -193,6 +193,8 @@ def _storage(cfg: TrainConfig) -> StorageOptions:
 def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable], *, table_only: bool = False,
               max_concurrent: int | None = None) -> int:
     """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
+    if not specs and not table_only:
+        raise ConfigError(f"sweep {sweep.uri}: the request gives no trials (an empty grid, seed or method list?)")
     failed = [] if table_only else _tune(sweep, specs, max_concurrent)
     rows = load_rows(sweep)
     if not rows:

@@ -7,9 +7,11 @@ import os
 
 import ray
 
+
 def connect(log_level: str) -> None:
     """Join the cluster at RAY_ADDRESS (or start a local one) unless this
-    process already has: the training job's and the sweeps' one way in.
+    process already has: the one way in of the training, sweep and evaluation
+    jobs.
 
     log_level: --ray-log-level ("DEBUG" | "INFO" | "WARNING" | "ERROR"), set
     through Ray's documented logging settings: its INFO lines (every report,

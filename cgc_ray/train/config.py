@@ -53,9 +53,10 @@ class TrainConfig:
     arch: str = "resnet18"
     weights: str | None = None         # initial weights: local path or s3:// URI (never a hub download)
     # objective: CE + lam * L_CGC (objective.CGCConfig; also --layer, the explained layer). Flat on the
-    # command line, in YAML files and stored configs (--lam, --tau, ...); --lam defaults to the paper's value
-    # for --arch (1.0 / 0.5), 0 for --recipe baseline
-    objective: CGCConfig = field(default_factory=CGCConfig)
+    # command line, in YAML files and stored configs (--lam, --tau, ...). --lam not given: the paper's value
+    # for --arch (1.0 / 0.5), 0 for --recipe baseline, resolved when the config is built (None here, or
+    # from_dict / with_objective); after a change of arch, set it again with with_objective(lam=None)
+    objective: CGCConfig | None = None
     # optimisation (the paper's ImageNet recipe)
     epochs: int = 90
     batch_size: int = 256              # global, over all workers
@@ -96,12 +97,17 @@ class TrainConfig:
     ray_log_level: str = "WARNING"     # Ray's own log lines from the job's processes (INFO shows every report)
     stall_seconds: float = 120.0       # log what the run waits for after this long without progress (0: off)
 
+    def __post_init__(self):
+        if self.objective is None:
+            self.objective = CGCConfig(lam=PAPER_LAMBDA.get(self.arch, 1.0))
+
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """From the flat form (flags, YAML, a stored config.json or trial spec):
-        the objective's keys (OBJECTIVE_KEYS) build `objective`, a --lam of
-        None the paper's value for --arch. Raises ConfigError naming the flag
-        of a bad objective option, or keys no TrainConfig option has."""
+        the objective's keys (OBJECTIVE_KEYS) build `objective`; a --lam of
+        None is the paper's value for --arch, 0 for --recipe baseline. Raises
+        ConfigError naming the flag of a bad objective option, or keys no
+        TrainConfig option has."""
         values = dict(values)
         options = {k: values.pop(k) for k in OBJECTIVE_KEYS if k in values}
         if "objective" not in values:
@@ -115,9 +121,9 @@ class TrainConfig:
         value for the arch, 0 for the baseline recipe). Raises ConfigError."""
         if "lam" in options or "recipe" in options:
             recipe = options.get("recipe", self.objective.recipe)
-            leaves_baseline = self.objective.recipe == "baseline" != recipe  # its lam 0 was the recipe's
-            lam = options.get("lam", None if leaves_baseline else self.objective.lam)
-            if recipe == "baseline" and lam:
+            # a recipe change without a lam: the new recipe's own (0 for the baseline, else the arch's)
+            lam = options.get("lam", None if recipe != self.objective.recipe else self.objective.lam)
+            if recipe == "baseline" and lam:  # rule of TrainConfig (the core's baseline ignores lam)
                 raise ConfigError(f"--recipe baseline trains without the CGC term; drop --lam {lam}")
             options["lam"] = 0.0 if recipe == "baseline" else (
                 PAPER_LAMBDA.get(self.arch, 1.0) if lam is None else lam)
@@ -326,8 +332,13 @@ def comparable(stored: dict) -> dict:
     version would write it, to compare with a new request: a --lam stored as
     None (versions before the nested objective) becomes the value it meant,
     and options this version does not know are dropped."""
-    known = {k: v for k, v in stored.items() if k in set(flag_names())}
-    return {k: v for k, v in TrainConfig.from_dict(known).to_dict().items() if k in stored}
+    names = set(flag_names())
+    try:
+        now = TrainConfig.from_dict({k: v for k, v in stored.items() if k in names}).to_dict()
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"a stored configuration cannot be read by this version ({e}); start a new run or "
+                          "sweep with another --name") from None
+    return {k: v for k, v in now.items() if k in stored}
 
 
 PATH_FIELDS = ("data", "manifest_dir", "train_manifest", "val_manifest", "weights", "storage_path")
