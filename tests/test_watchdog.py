@@ -41,20 +41,38 @@ def test_gpu_requests_name_the_gpus():
 
 
 def test_watchdog_reports_each_silence_once_per_period(ray_cluster, caplog, monkeypatch):
+    """The driver's thread against a scripted progress actor (each poll gets
+    the next (phase, step, idle s) state; none left: the cluster went away),
+    so the test needs no sleeps: one line per period of one silence, news
+    resets it. The real Progress actor is exercised by the run below."""
+    import ray
+
     import cgc_ray.train.watchdog as watchdog
 
-    monkeypatch.setattr(watchdog, "POLL_SECONDS", 0.2)
-    progress = watchdog.open_progress("test-progress")
+    @ray.remote(num_cpus=0)
+    class ScriptedProgress:
+        def __init__(self, states):
+            self.states = list(states)
+
+        def last(self):
+            if not self.states:
+                raise RuntimeError("the run is over")
+            return self.states.pop(0)
+
+    states = [("starting", 0, 0.5), ("starting", 0, 1.2), ("starting", 0, 1.6), ("starting", 0, 1.9),  # 1 line
+              ("training", 7, 0.1), ("training", 7, 0.7),  # news: nothing to say
+              ("training", 7, 1.1), ("training", 7, 1.5),  # a new silence since step 7: 1 line
+              ("training", 7, 2.2)]  # its second period: 1 line
+    monkeypatch.setattr(watchdog, "POLL_SECONDS", 0.01)
     caplog.set_level(logging.WARNING, logger="cgc_ray.train.watchdog")
-    with watchdog.Watchdog(progress, "r", CPU_RUN, limit=1.0):
-        time.sleep(1.7)  # one period of silence: one line
-        progress.beat.remote("training", 7)
-        time.sleep(0.5)  # news: nothing to say
-        quiet = len(caplog.records)
-        time.sleep(1.3)  # a new silence since step 7
+    with watchdog.Watchdog(ScriptedProgress.remote(states), "r", CPU_RUN, limit=1.0) as dog:
+        dog.thread.join(timeout=120)  # ends when the script does
+        assert not dog.thread.is_alive()
     lines = [r.getMessage() for r in caplog.records]
-    assert quiet == 1 and "no worker has started after 1 s" in lines[0]
-    assert len(lines) == 2 and "no training step for 1 s since global step 7" in lines[1]
+    assert len(lines) == 3, lines
+    assert "no worker has started after 1 s" in lines[0]
+    assert "no training step for 1 s since global step 7" in lines[1]
+    assert "no training step for 2 s since global step 7" in lines[2]
 
 
 def test_a_run_whose_input_cannot_get_a_cpu_says_so(ray_cluster, tmp_path):
