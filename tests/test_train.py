@@ -300,6 +300,35 @@ def test_a_run_at_layer3_trains_validates_and_explains(ray_cluster, tmp_path):
     assert summary["val_ch_images"] == 16 and 0 < summary["val_content_heatmap"] <= 100
 
 
+def test_a_deterministic_run_repeats_itself(ray_cluster, tmp_path):
+    """--deterministic: the same seed gives the same run (two epochs, so two
+    shuffles and two draws of every augmentation; two DDP ranks, so Ray Data's
+    split): equal weights and validation after every epoch."""
+    from cgc_ray.data.embedded import ensure_embedded
+    from cgc_ray.data.indexers import load_or_build
+    from cgc_ray.data.manifest import build, write
+
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import imagenet
+
+    train, _ = load_or_build("embedded", str(ensure_embedded()), "train")
+    rows = train.table.take(list(range(0, 640, 5))).to_pylist()  # 128 images, every class
+    write(build(rows, train.classes, "embedded", "train", train.root), str(tmp_path / "train.parquet"))
+
+    def run(name):
+        assert imagenet.main([*SMALL, "--epochs", "2", "--deterministic", "--explain-images", "0",
+                              "--train-manifest", str(tmp_path / "train.parquet"),
+                              "--storage-path", str(tmp_path), "--name", name]) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        return summary, (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+
+    (first, lines), (again, lines_again) = run("a"), run("b")
+    keys = ("params_checksums", "val_top1", "val_cgc_loss")
+    per_epoch = [[{k: json.loads(x)[k] for k in keys} for x in run_lines] for run_lines in (lines, lines_again)]
+    assert len(per_epoch[0]) == 2 and per_epoch[0] == per_epoch[1]
+    assert first["params_checksums"] == again["params_checksums"]
+
+
 def test_too_many_unreadable_images_end_the_job_with_one_line(ray_cluster, tmp_path, capsys):
     """Past --max-bad-images the job exits 2 with one line naming the limit and a file."""
     from cgc_ray.data.embedded import ensure_embedded

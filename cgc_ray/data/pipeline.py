@@ -3,7 +3,11 @@
 The rows are shuffled each epoch (every execution of the dataset) from a base
 seed; a Ray Train `TorchTrainer` splits the dataset into equal shards per
 worker (`get_dataset_shard`), so DDP ranks always see the same number of
-batches. Unreadable images are skipped, logged and counted in a ledger actor
+batches. The augmentations of a decode batch are drawn from the seed and the
+batch's images in order (`batch_rng`): the same seed, data and cluster give the
+same views each epoch. With `deterministic` the execution also keeps the
+order of its blocks, which makes Ray Data's split across workers
+deterministic too (it ignores locality then): a run is repeatable. Unreadable images are skipped, logged and counted in a ledger actor
 (each distinct file once, however many epochs meet it); past `max_bad_images`
 the epoch fails with a message that says so.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,6 +51,7 @@ class DataSettings:
     storage: StorageOptions = field(default_factory=StorageOptions)
     ledger: str | None = None        # name of the BadImageLedger actor (None: log only)
     gpu_decode: bool = False         # ship JPEG bytes; the training device decodes (device_decode.py)
+    deterministic: bool = False      # keep block order: the same batches on the same rank in every run
 
 
 class TooManyBadImages(UserError):
@@ -146,10 +152,16 @@ def record_bad_images(bad, settings: DataSettings):
         raise too_many_bad_images({"skipped_images": total, "examples": bad}, settings.max_bad_images)
 
 
+def batch_rng(uris, seed: int) -> np.random.Generator:
+    """The random stream of one decode batch's augmentations: a function of
+    the seed and the batch's URIs in order, which the epoch's shuffle changes."""
+    return np.random.default_rng([seed, zlib.crc32("\n".join(uris).encode())])
+
+
 def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
     if settings.gpu_decode:
         return _raw_batch(batch, recipe, settings)
-    rng = np.random.default_rng()  # a fresh stream per batch: augmentations differ every epoch
+    rng = batch_rng(batch["uri"], settings.seed)
     keep, views = fetch_decode(batch["uri"], settings, decode=functools.partial(
         decode_train_views, recipe=recipe, size=settings.image_size, resize=settings.resize_size, rng=rng))
     columns = _columns(RECIPE_VIEWS[recipe], recipe != "baseline", settings.image_size)
@@ -159,7 +171,7 @@ def _train_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
 def _raw_batch(batch: dict, recipe: str, settings: DataSettings) -> dict:
     """JPEG bytes + the views' random parameters, for decoding on the device."""
     keep, ready = fetch_decode(batch["uri"], settings, decode=device_ready)
-    rng = np.random.default_rng()
+    rng = batch_rng(batch["uri"], settings.seed)
     rows = [{"jpeg": jpeg, **draw_train_params(h, w, recipe, settings.image_size, rng)} for jpeg, h, w in ready]
     columns = {"jpeg": ((), object), "xe_box": ((4,), np.int64), "xe_flip": ((), np.bool_)}
     if recipe != "baseline":
@@ -255,7 +267,8 @@ def val_dataset(manifest_uri: str, settings: DataSettings, part: tuple[int, int]
 
 def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     """Ray Train's dataset config: split every dataset equally, with the
-    object-store cap applied to the shards' execution. The options are what
+    object-store cap applied to the shards' execution, and the block order
+    kept with `deterministic` (Ray Data's split is then deterministic). The options are what
     the DataContext sets, as `DataConfig.default_ingest_options()` copies them,
     but the deprecated `exclude_resources` only where it was set (copying the
     default warns on every run)."""
@@ -268,7 +281,8 @@ def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     # exclude_resources is deprecated (setting it warns): carried over only where someone set it
     excluded = current.exclude_resources
     kept = {"exclude_resources": excluded} if excluded != ray.data.ExecutionResources.zero() else {}
-    options = ray.data.ExecutionOptions(resource_limits=limits, preserve_order=current.preserve_order,
+    options = ray.data.ExecutionOptions(resource_limits=limits,
+                                        preserve_order=current.preserve_order or settings.deterministic,
                                         verbose_progress=current.verbose_progress,
                                         label_selector=current.label_selector, **kept)
     # validation shares are made per rank (val_dataset's `part`), not split by Ray Train

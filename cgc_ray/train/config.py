@@ -74,6 +74,7 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     seed: int = 0
+    deterministic: bool = False        # Ray Data keeps block order: a rerun on the same cluster repeats the run
     # validation
     val_batch_size: int = 32
     val_batches: int | None = None     # held-out batches per rank per validation (None: all)

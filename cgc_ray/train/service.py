@@ -70,7 +70,8 @@ def run(cfg: TrainConfig, callbacks: Sequence[ray.train.UserCallback] = ()) -> d
     settings = DataSettings(image_size=cfg.image_size, resize_size=cfg.resize_size, seed=cfg.seed,
                             decode_batch=cfg.decode_batch, max_bad_images=cfg.bad_image_limit(len(train_m)),
                             object_store_limit=int(cfg.object_store_limit_gb * 2**30) if cfg.object_store_limit_gb else None,
-                            storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode)
+                            storage=storage, ledger=f"cgc-bad-images-{cfg.name}", gpu_decode=cfg.gpu_decode,
+                            deterministic=cfg.deterministic)
     write_config(cfg, storage)
     ledger = open_ledger(settings.ledger)
     progress_name = f"cgc-progress-{cfg.name}"
@@ -167,7 +168,7 @@ RESUMABLE_CHANGES = {
     "keep_checkpoints", "checkpoint_every_steps", "s3_endpoint", "s3_region", "reindex", "manifest_dir",
     "max_bad_images", "num_workers", "use_gpu", "gpus_per_worker", "cpus_per_worker", "share_gpus",
     "placement_strategy", "autoscaling", "gpu_decode", "decode_batch", "object_store_limit_gb", "val_batches",
-    "stall_seconds", "preset",
+    "stall_seconds", "preset", "deterministic",
 }
 
 
