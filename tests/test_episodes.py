@@ -111,3 +111,24 @@ def test_paired_difference_and_layouts():
     t9 = tables.semisup_table([{**r, "labels": "1%"} for r in rows[:4]])
     assert [str(c) for c in t9.rows[2]] == ["Δ CGC − baseline", "2.00 ± 1.41", "8.00 ± 2.83"]
     assert isinstance(t9.rows[0][1], Stat)
+
+
+def test_class_halves_for_transfer(tmp_path):
+    """Source: the first ceil(C/2) classes as they were; target: the others,
+    labels renumbered from 0, every row's class_name still its own class."""
+    from cgc_ray.experiments.transfer import split_classes
+
+    m = _manifest((12, 9, 30, 5, 7))  # 5 classes: 3 + 2
+    source, target = split_classes(m)
+    assert source.classes == ["c0", "c1", "c2"] and target.classes == ["c3", "c4"]
+    assert np.bincount(source.table.column("label").to_numpy()).tolist() == [12, 9, 30]
+    assert np.bincount(target.table.column("label").to_numpy()).tolist() == [5, 7]
+    for half in (source, target):
+        names = half.table.column("class_name").to_pylist()
+        assert names == [half.classes[x] for x in half.table.column("label").to_pylist()]
+        assert all(u.split("/")[-2] == n for u, n in zip(_uris(half), names))  # the image's own folder
+    assert sorted(_uris(source) + _uris(target)) == sorted(_uris(m))
+    write(target, str(tmp_path / "t.parquet"))
+    assert read(str(tmp_path / "t.parquet")).classes == ["c3", "c4"]
+    with pytest.raises(ValueError, match="at least 2"):
+        split_classes(_manifest((4,)))

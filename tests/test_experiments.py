@@ -20,9 +20,9 @@ from cgc_ray.experiments import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
-TINY = ["--image-size", "48", "--resize-size", "56", "--batch-size", "16", "--val-batches", "1",
-        "--val-batch-size", "16", "--ch-images", "8", "--ch-short-side", "64", "--cpus-per-worker", "0.25",
-        "--log-every-steps", "50"]
+TINY = ["--image-size", "48", "--resize-size", "56", "--epochs", "1", "--num-workers", "1", "--batch-size", "16",
+        "--val-batches", "1", "--val-batch-size", "16", "--ch-images", "8", "--ch-short-side", "64",
+        "--cpus-per-worker", "0.25", "--log-every-steps", "50"]
 
 
 def _rows(sweep: Path) -> list[dict]:
@@ -92,25 +92,41 @@ def test_lambda_sweep_killed_midway_resumes_without_rerunning(ray_cluster, tmp_p
 
 
 def test_fewshot_pairs_baseline_and_cgc_on_the_same_episodes(ray_cluster, tmp_path):
+    """The embedded default: a source model trained on classes 0-4, episodes of
+    classes 5-9 fine-tuned from its backbone, validated on their boxed val images."""
     import fewshot
 
-    argv = ["--shots", "2", "--episodes", "2", *TINY, "--max-concurrent-trials", "2",
-            "--storage-path", str(tmp_path), "--name", "fs"]
+    from cgc_ray.data.manifest import read
+    from cgc_ray.train.checkpoint import load_state
+
+    argv = ["--shots", "2", "--episodes", "2", "--source-epochs", "1", *TINY,
+            "--max-concurrent-trials", "2", "--storage-path", str(tmp_path), "--name", "fs"]
     assert fewshot.main(argv) == 0
     sweep = tmp_path / "fs"
     rows = _rows(sweep)
     _check_rows(rows, 4)
+    source_run = json.loads((sweep / "source" / "runs" / "embedded-source" / "summary.json").read_text())
+    assert source_run["train_images"] == 320 and source_run["config"]["recipe"] == "baseline"  # 5 classes x 64
+    ckpt = load_state((Path(source_run["checkpoint"]) / "state.pt").read_bytes(), "source")["model"]
+    backbone = torch.load(sweep / "source" / "embedded-backbone.pt", weights_only=True)
+    assert set(ckpt) - set(backbone) == {"fc.weight", "fc.bias"}  # the head is dropped
+    assert all(torch.equal(backbone[k], ckpt[k]) for k in backbone)
+    val = read(str(sweep / "source" / "embedded-val-target.parquet"))
+    assert val.classes == [f"n900000{i:02d}" for i in range(6, 11)] and len(val) == 80
     for r in rows:
-        assert r["summary"]["train_images"] == 20 and r["config"]["seed"] == r["episode"]  # 2 shots x 10 classes
+        assert r["summary"]["train_images"] == 10 and r["config"]["seed"] == r["episode"]  # 2 shots x 5 classes
         assert r["config"]["train_manifest"].endswith(f"embedded-2shot-ep{r['episode']}-train.parquet")
-        assert r["ch"] is None  # the embedded training split has no boxes
+        assert r["config"]["weights"] == str(sweep / "source" / "embedded-backbone.pt")
+        assert r["config"]["val_manifest"] == str(sweep / "source" / "embedded-val-target.parquet")
+        assert r["ch"] is not None and r["ch_images"] == 8  # the val split's boxes
     pair = {r["method"]: r["config"]["train_manifest"] for r in rows if r["episode"] == 1}
     assert pair["baseline"] == pair["cgc"]
     cells = [_cell(rows, "top1", method="baseline"), _cell(rows, "top1", method="cgc"),
              str(tables.paired_diff(rows, "top1", ("episode",)))]
     assert "± n/a" not in "".join(cells)  # two episodes: a real spread
     assert f"| 2 | {' | '.join(cells)} |" in (sweep / "table7.md").read_text()
-    assert "| 2 | — | — | — |" in (sweep / "table8.md").read_text()
+    ch_cells = [_cell(rows, "ch", method="baseline"), _cell(rows, "ch", method="cgc")]
+    assert f"| 2 | {' | '.join(ch_cells)} |" in (sweep / "table8.md").read_text()
 
 
 def test_finegrained_job_fine_tunes_from_weights_with_s3_storage(ray_cluster, s3_server, tmp_path):
@@ -148,7 +164,8 @@ def test_semisup_job_trains_cgc_on_unlabeled_images(ray_cluster, tmp_path):
     state.update({"module.projection_head.0.weight": torch.zeros(8, 512),
                   "module.prototypes.weight": torch.zeros(4, 8)})
     torch.save({"state_dict": state}, tmp_path / "swav.pth.tar")  # the SwAV checkpoint layout
-    argv = ["--percent", "5", "--weights", str(tmp_path / "swav.pth.tar"), *TINY, "--max-concurrent-trials", "2",
+    argv = ["--percent", "5", "--seeds", "0", "--weights", str(tmp_path / "swav.pth.tar"), *TINY,
+            "--max-concurrent-trials", "2",
             "--head-lr", "0.5", "--storage-path", str(tmp_path), "--name", "ss"]
     assert semisup.main(argv) == 0
     sweep = tmp_path / "ss"

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..data.embedded import DATASETS as EMBEDDED
 from ..data.embedded import embedded_root
 from ..data.indexers import cache_uri, load_or_build
+from ..data.manifest import read as read_manifest
 from ..data.manifest import write as write_manifest
 from ..data.storage import StorageOptions
 from ..evaluation.content_heatmap import PROTOCOLS
@@ -60,6 +61,8 @@ class Request:
     args: argparse.Namespace
     train_argv: list[str]
     base: TrainConfig
+    preset: dict | None = None            # the job's training defaults off and on the embedded sets
+    embedded_preset: dict = field(default_factory=lambda: TINY)
 
     @property
     def sweep(self) -> Sweep:
@@ -74,7 +77,7 @@ def parse_request(p: argparse.ArgumentParser, argv: list[str] | None, preset: di
     args.storage_path = config.absolute_paths({"storage_path": args.storage_path}, ("storage_path",))["storage_path"]
     base = with_gpus(train_config(train_argv, preset, embedded_preset), args.gpus_per_trial)
     config.check(base)
-    return Request(args, train_argv, base)
+    return Request(args, train_argv, base, preset, embedded_preset)
 
 
 def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Request, Sweep], list[runner.TrialSpec]]) -> int:
@@ -90,7 +93,7 @@ def dataset_configs(req: Request) -> Iterator[tuple[str, TrainConfig]]:
     """(name, training config) for each set of --datasets name=root,..."""
     for name, root in datasets(req.args.datasets):
         argv = [*req.train_argv, "--dataset", name, *(["--data", root] if root else [])]
-        yield name, with_gpus(train_config(argv), req.args.gpus_per_trial)
+        yield name, with_gpus(train_config(argv, req.preset, req.embedded_preset), req.args.gpus_per_trial)
 
 
 def methods(cfg: TrainConfig, lam: float) -> list[tuple[str, str, float | None]]:
@@ -178,7 +181,8 @@ def per_class_subset(cfg: TrainConfig, sw: Sweep, per_class: int | None, seed: i
     check of a grid); validation stays the validation split. None: all."""
     if not per_class:
         return cfg
-    ep = episodes.episode(manifest(cfg, cfg.train_split, sw.storage), per_class, seed)
+    pool = read_manifest(cfg.train_manifest, sw.storage) if cfg.train_manifest else manifest(cfg, cfg.train_split, sw.storage)
+    ep = episodes.episode(pool, per_class, seed)
     uri = sw.path("subsets", f"{cfg.dataset}-{cfg.train_split}-{per_class}per-class-seed{seed}.parquet")
     write_manifest(ep.train, uri, sw.storage)
     return dataclasses.replace(cfg, train_manifest=uri)
