@@ -158,7 +158,8 @@ OBJECTIVE_KEYS = tuple(f.name for f in fields(CGCConfig) if f.name != "amp_dtype
 # box" means something (64 px: 2x2, 96 px: 3x3; ImageNet's 7x7 needs 224 px, 4x the compute).
 # lr 0.1 at batch 256 is the paper's (0.0125 at 32), warmed up over the first epoch; x 0.1 for the last.
 LAPTOP = dict(epochs=5, batch_size=32, image_size=112, resize_size=128, lr=0.1, warmup_epochs=1.0,
-              lr_milestones="4", num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5)
+              lr_milestones="4", num_workers=2, cpus_per_worker=0.5, val_batch_size=32, log_every_steps=5,
+              deterministic=True)
 
 
 # Named presets, merged once in `parse` under the flags and the YAML file: "paper" is the dataclass
