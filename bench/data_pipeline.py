@@ -2,7 +2,8 @@
 recipe's views, next to torchvision ImageFolder + DataLoader doing the same
 work (decode, RandomResizedCrop + flip, Resize + CenterCrop, T's parameters)
 on the same files, as a ratio in one run; plus the object-store peak and the
-bytes spilled.
+bytes spilled. The same pipeline with `--deterministic` (Ray Data keeps the
+order of its blocks) is timed alongside, as its ratio to the default.
 
     python bench/data_pipeline.py                       # synthetic ImageNet-sized JPEGs
     python bench/data_pipeline.py --data /data/imagenet --cores 8
@@ -113,7 +114,8 @@ def dataloader_epochs(root: Path, cores: int, batch: int):
 
 
 def ray_epochs(root: Path, cores: int, batch: int, object_store_mb: int, store: dict):
-    """Timed epochs of the production pipeline; `store` gets the object-store peak and spilled MiB."""
+    """Timed epochs of the production pipeline, as {"ray": epoch, "ray_deterministic": epoch}
+    (one after the other); `store` gets the object-store peak and spilled MiB."""
     import ray
 
     from cgc_ray.data.indexers import load_or_build
@@ -124,6 +126,8 @@ def ray_epochs(root: Path, cores: int, batch: int, object_store_mb: int, store: 
     ray.data.DataContext.get_current().enable_progress_bars = False
     _, uri = load_or_build("folder", str(root), "train")
     ds = train_dataset(uri, "official", DataSettings())
+    ordered = train_dataset(uri, "official", DataSettings())
+    ordered.context.execution_options.preserve_order = True  # what --deterministic sets (pipeline.data_config)
     total = ray.cluster_resources()["object_store_memory"]
     stop = threading.Event()
 
@@ -135,9 +139,11 @@ def ray_epochs(root: Path, cores: int, batch: int, object_store_mb: int, store: 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
+        sides = [("ray", ds), ("ray_deterministic", ordered)]
         while True:
-            yield timed_epoch(b["label"] for b in ds.iter_batches(
-                batch_size=batch, batch_format="numpy", prefetch_batches=4))
+            yield {name: timed_epoch(b["label"] for b in d.iter_batches(
+                batch_size=batch, batch_format="numpy", prefetch_batches=4)) for name, d in sides}
+            sides.reverse()  # each goes first every other round
     finally:
         stop.set()
         memory = ray._private.internal_api.memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
@@ -182,7 +188,8 @@ def main():
         runs = [(next(loader), next(ray_data)) for _ in range(args.rounds)]
         ray_data.close()
     best_loader = max((r[0] for r in runs), key=lambda e: e["images_per_s"])
-    best_ray = max((r[1] for r in runs), key=lambda e: e["images_per_s"])
+    best_ray = max((r[1]["ray"] for r in runs), key=lambda e: e["images_per_s"])
+    best_ordered = max((r[1]["ray_deterministic"] for r in runs), key=lambda e: e["images_per_s"])
     common = {"bench": "data_pipeline", "recipe": "official", "cores": args.cores, "cpus": os.cpu_count(),
               "images": best_ray["images"], "image_size": args.image_size if not args.data else None}
     print(json.dumps({**common, "pipeline": "torch DataLoader", **summary(best_loader, args.cores)}))
@@ -190,6 +197,8 @@ def main():
                       "ratio_to_dataloader": round(best_ray["images_per_s"] / best_loader["images_per_s"], 3),
                       "ray_overhead_cpu_share": round(overhead_share(best_ray["cpu"]), 3),
                       "object_store_peak_mb": round(store["peak_mb"], 1), "spilled_mb": store["spilled_mb"]}))
+    print(json.dumps({**common, "pipeline": "ray data --deterministic", **summary(best_ordered, args.cores),
+                      "ratio_to_ray_data": round(best_ordered["images_per_s"] / best_ray["images_per_s"], 3)}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ and restored without rerunning its finished trial."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,18 +106,18 @@ def test_fewshot_pairs_baseline_and_cgc_on_the_same_episodes(ray_cluster, tmp_pa
     sweep = tmp_path / "fs"
     rows = _rows(sweep)
     _check_rows(rows, 4)
-    source_run = json.loads((sweep / "source" / "runs" / "embedded-source" / "summary.json").read_text())
+    source_run = json.loads((sweep / "source" / "runs" / "embedded-source-1ep" / "summary.json").read_text())
     assert source_run["train_images"] == 320 and source_run["config"]["recipe"] == "baseline"  # 5 classes x 64
     ckpt = load_state((Path(source_run["checkpoint"]) / "state.pt").read_bytes(), "source")["model"]
-    backbone = torch.load(sweep / "source" / "embedded-backbone.pt", weights_only=True)
+    backbone = torch.load(sweep / "source" / "embedded-source-1ep-backbone.pt", weights_only=True)
     assert set(ckpt) - set(backbone) == {"fc.weight", "fc.bias"}  # the head is dropped
     assert all(torch.equal(backbone[k], ckpt[k]) for k in backbone)
     val = read(str(sweep / "source" / "embedded-val-target.parquet"))
     assert val.classes == [f"n900000{i:02d}" for i in range(6, 11)] and len(val) == 80
     for r in rows:
         assert r["summary"]["train_images"] == 10 and r["config"]["seed"] == r["episode"]  # 2 shots x 5 classes
-        assert r["config"]["train_manifest"].endswith(f"embedded-2shot-ep{r['episode']}-train.parquet")
-        assert r["config"]["weights"] == str(sweep / "source" / "embedded-backbone.pt")
+        assert r["config"]["train_manifest"].endswith(f"embedded-target-2shot-ep{r['episode']}-train.parquet")
+        assert r["config"]["weights"] == str(sweep / "source" / "embedded-source-1ep-backbone.pt")
         assert r["config"]["val_manifest"] == str(sweep / "source" / "embedded-val-target.parquet")
         assert r["ch"] is not None and r["ch_images"] == 8  # the val split's boxes
     pair = {r["method"]: r["config"]["train_manifest"] for r in rows if r["episode"] == 1}
@@ -127,6 +128,30 @@ def test_fewshot_pairs_baseline_and_cgc_on_the_same_episodes(ray_cluster, tmp_pa
     assert f"| 2 | {' | '.join(cells)} |" in (sweep / "table7.md").read_text()
     ch_cells = [_cell(rows, "ch", method="baseline"), _cell(rows, "ch", method="cgc")]
     assert f"| 2 | {' | '.join(ch_cells)} |" in (sweep / "table8.md").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--source-epochs", "0"], "--source-epochs 0: must be >= 1"),
+    (["--source-epochs", "2", "--from-scratch"], "--source-epochs 2: must be >= 1, and only for the source model"),
+    (["--source-epochs", "2", "--datasets", "cub=/data/cub"], "only for the source model of an embedded set"),
+    (["--from-scratch", "--weights", "/w.pt"], "--from-scratch: only on an embedded set without --weights"),
+])
+def test_transfer_flags_only_where_a_source_model_is_trained(argv, message):
+    from cgc_ray.experiments import fewshot
+    from cgc_ray.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fewshot.parse(argv)
+
+
+def test_fewshot_refuses_another_split_under_transfer_before_training(tmp_path):
+    from cgc_ray.experiments import fewshot
+    from cgc_ray.train.config import ConfigError
+
+    req = fewshot.parse(["--split", "val", "--storage-path", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--split val: on the embedded set the episodes come from the target half"):
+        fewshot.trials(req, req.sweep)
+    assert not req.setup and not (tmp_path / "fewshot").exists()  # nothing trained or written
 
 
 def test_finegrained_job_fine_tunes_from_weights_with_s3_storage(ray_cluster, s3_server, tmp_path):
@@ -182,6 +207,27 @@ def test_semisup_job_trains_cgc_on_unlabeled_images(ray_cluster, tmp_path):
     cgc = f"| CGC (+ CGC on unlabeled) | {_cell(rows, 'top1', method='cgc')} | {_cell(rows, 'ch', method='cgc')} |"
     assert cgc in md
     assert "| Δ CGC − baseline |" in md
+
+
+def test_semisup_on_the_embedded_set_starts_from_the_source_model(ray_cluster, tmp_path):
+    """No --weights: the labels come from the target half (10 % of 64 = 6 of
+    each of its 5 classes), both methods start from the source backbone,
+    which is trained once and kept for a re-run."""
+    import semisup
+
+    argv = ["--seeds", "0", "--source-epochs", "1", *TINY, "--storage-path", str(tmp_path), "--name", "ss"]
+    assert semisup.main(argv) == 0
+    sweep = tmp_path / "ss"
+    rows = _rows(sweep)
+    _check_rows(rows, 2)
+    backbone = sweep / "source" / "embedded-source-1ep-backbone.pt"
+    assert all(r["config"]["weights"] == str(backbone) and r["ch"] is not None for r in rows)
+    by = {r["method"]: r for r in rows}
+    assert by["baseline"]["summary"]["train_images"] == 30 and by["cgc"]["summary"]["train_images"] == 60
+    assert by["baseline"]["summary"]["num_classes"] == 5
+    written = backbone.stat().st_mtime_ns
+    assert semisup.main([*argv, "--table-only"]) == 0 and semisup.main(argv) == 0  # nothing left to run
+    assert backbone.stat().st_mtime_ns == written
 
 
 def test_concurrent_trials_follow_the_cluster():

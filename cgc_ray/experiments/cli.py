@@ -63,6 +63,7 @@ class Request:
     base: TrainConfig
     preset: dict | None = None            # the job's training defaults off and on the embedded sets
     embedded_preset: dict = field(default_factory=lambda: TINY)
+    setup: list[Callable[[], None]] = field(default_factory=list)  # run before the trials (runner.run_sweep)
 
     @property
     def sweep(self) -> Sweep:
@@ -86,7 +87,8 @@ def run_request(req: Request, layouts: dict[str, Callable], trials: Callable[[Re
     sw = req.sweep
     if req.args.table_only:
         return runner.run_sweep(sw, [], layouts, table_only=True)
-    return runner.run_sweep(sw, trials(req, sw), layouts, max_concurrent=req.args.max_concurrent_trials)
+    specs = trials(req, sw)
+    return runner.run_sweep(sw, specs, layouts, max_concurrent=req.args.max_concurrent_trials, setup=req.setup)
 
 
 def dataset_configs(req: Request) -> Iterator[tuple[str, TrainConfig]]:
@@ -177,12 +179,13 @@ def manifest(cfg: TrainConfig, split: str, storage: StorageOptions):
 
 
 def per_class_subset(cfg: TrainConfig, sw: Sweep, per_class: int | None, seed: int = 0) -> TrainConfig:
-    """Train on `per_class` images of each class of the training split (a quick
-    check of a grid); validation stays the validation split. None: all."""
+    """Train on `per_class` images of each class of the training set (its
+    --train-manifest, else the training split; a quick check of a grid);
+    validation stays as it is. None: all."""
     if not per_class:
         return cfg
     pool = read_manifest(cfg.train_manifest, sw.storage) if cfg.train_manifest else manifest(cfg, cfg.train_split, sw.storage)
     ep = episodes.episode(pool, per_class, seed)
-    uri = sw.path("subsets", f"{cfg.dataset}-{cfg.train_split}-{per_class}per-class-seed{seed}.parquet")
+    uri = sw.path("subsets", f"{cfg.dataset}-{pool.split}-{per_class}per-class-seed{seed}.parquet")
     write_manifest(ep.train, uri, sw.storage)
     return dataclasses.replace(cfg, train_manifest=uri)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
+from ..data.embedded import DATASETS as EMBEDDED
 from ..data.manifest import read as read_manifest
+from ..train.config import ConfigError
 from . import cli, episodes, runner, tables, transfer
 from .cli import Request
 
@@ -45,7 +47,9 @@ def parse(argv: list[str] | None = None) -> Request:
     p.add_argument("--lam", type=float, help="one λ for every set (default: the paper's per set)")
     p.add_argument("--tau", type=float, default=0.5)
     transfer.add_flags(p)
-    return cli.parse_request(p, argv, embedded_preset=transfer.preset(epochs=15, batch_size=12, milestone=10))
+    req = cli.parse_request(p, argv, embedded_preset=transfer.preset(epochs=15, batch_size=12, milestone=10))
+    transfer.check_flags(req.args, [name for name, _ in cli.datasets(req.args.datasets)], req.base)
+    return req
 
 
 def run(req: Request) -> int:
@@ -54,35 +58,42 @@ def run(req: Request) -> int:
 
 def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     args = req.args
-    tiny = all(name == "embedded" for name, _ in cli.datasets(args.datasets))
+    tiny = all(name in EMBEDDED for name, _ in cli.datasets(args.datasets))
     shots_list = cli.ints(args.shots or ("5" if tiny else "1,5,10"), "--shots")
     n_episodes = args.episodes or (3 if tiny else 20)
     specs = []
     for name, cfg in cli.dataset_configs(req):
-        cfg, pool = _pool(req, sw, cfg)
+        cfg, pool, transferred = _pool(req, sw, cfg)
         lam = args.lam if args.lam is not None else LAMBDA.get(name, 0.8)
         for shots in shots_list:
             for k in range(n_episodes):
                 specs += _episode_trials(req, sw, name, cfg, episodes.episode(pool, shots, seed=args.first_seed + k),
-                                         k, lam)
+                                         k, lam, transferred)
     return specs
 
 
 def _pool(req: Request, sw: runner.Sweep, cfg):
-    """The manifest episodes are drawn from; on an embedded set the target
-    half of --split, from the source model, validated on the target half of
-    the validation split (`transfer`)."""
+    """(cfg, the manifest episodes are drawn from, transferred): on an embedded
+    set the target half of the training split, from the source model, validated
+    on the target half of the validation split (`transfer`)."""
     if not transfer.applies(req.args, cfg):
-        return cfg, cli.manifest(cfg, req.args.split, sw.storage)
-    cfg = transfer.start(req, sw, dataclasses.replace(cfg, train_split=req.args.split))
-    return cfg, read_manifest(cfg.train_manifest, sw.storage)
+        return cfg, cli.manifest(cfg, req.args.split, sw.storage), False
+    if req.args.split != cfg.train_split:
+        raise ConfigError(f"--split {req.args.split}: on the embedded set the episodes come from the target half "
+                          f"of the {cfg.train_split} split, validated on its {cfg.val_split} split; --from-scratch "
+                          "draws them from --split")
+    cfg = transfer.start(req, sw, cfg)
+    return cfg, read_manifest(cfg.train_manifest, sw.storage), True
 
 
 def _episode_trials(req: Request, sw: runner.Sweep, name: str, cfg, ep: episodes.Episode, k: int,
-                    lam: float) -> list[runner.TrialSpec]:
-    """Baseline and CGC on one episode, with the episode's seed."""
-    train, val = episodes.write_episode(ep, sw.path("episodes", f"{name}-{ep.shots}shot-ep{k}"), sw.storage)
-    run_cfg = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train, val_manifest=cfg.val_manifest or val,
+                    lam: float, transferred: bool) -> list[runner.TrialSpec]:
+    """Baseline and CGC on one episode, with the episode's seed; validated on
+    the images of the split the episode left (or the target half's validation split)."""
+    where = f"{name}-target-{ep.shots}shot-ep{k}" if transferred else f"{name}-{ep.shots}shot-ep{k}"
+    train, val = episodes.write_episode(ep, sw.path("episodes", where), sw.storage)
+    run_cfg = cli.fit_batch(dataclasses.replace(cfg, train_manifest=train,
+                                                val_manifest=cfg.val_manifest if transferred else val,
                                                 seed=ep.seed).with_objective(tau=req.args.tau), len(ep.train))
     specs = []
     for method, recipe, weight in cli.methods(cfg, lam):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..data.embedded import DATASETS as EMBEDDED
 from . import cli, runner, tables, transfer
 from .cli import Request
 
@@ -37,12 +38,15 @@ def parse(argv: list[str] | None = None) -> Request:
     p.add_argument("--tau", type=float, default=0.5)
     cli.add_subset_flag(p)
     transfer.add_flags(p)
-    return cli.parse_request(p, argv, embedded_preset=transfer.preset(epochs=3, batch_size=16, milestone=2))
+    req = cli.parse_request(p, argv, embedded_preset=transfer.preset(epochs=3, batch_size=16, milestone=2))
+    transfer.check_flags(req.args, [name for name, _ in cli.datasets(req.args.datasets)], req.base)
+    return req
 
 
 def run(req: Request) -> int:
-    if req.base.weights is None and not req.args.table_only and not transfer.applies(req.args, req.base):
-        print("note: no --weights; training from random initialisation", flush=True)
+    from_scratch = [n for n, _ in cli.datasets(req.args.datasets) if n not in EMBEDDED or req.args.from_scratch]
+    if req.base.weights is None and not req.args.table_only and from_scratch:
+        print(f"note: no --weights; {', '.join(from_scratch)} from random initialisation", flush=True)
     return cli.run_request(req, LAYOUTS, trials)
 
 

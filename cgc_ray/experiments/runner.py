@@ -47,7 +47,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import ray
 from ray import tune
@@ -191,11 +191,13 @@ def _storage(cfg: TrainConfig) -> StorageOptions:
 # --- the driver ----------------------------------------------------------------------------------
 
 def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable], *, table_only: bool = False,
-              max_concurrent: int | None = None) -> int:
-    """Runs (or resumes) the sweep, then writes its tables; returns the number of failed trials."""
+              max_concurrent: int | None = None, setup: Sequence[Callable[[], None]] = ()) -> int:
+    """Runs (or resumes) the sweep, then writes its tables; returns the number
+    of failed trials. `setup`: work the trials need (a source model), done
+    once the request has been checked against a stored sweep and only if a trial is left to run."""
     if not specs and not table_only:
         raise ConfigError(f"sweep {sweep.uri}: the request gives no trials (an empty grid, seed or method list?)")
-    failed = [] if table_only else _tune(sweep, specs, max_concurrent)
+    failed = [] if table_only else _tune(sweep, specs, max_concurrent, setup)
     rows = load_rows(sweep)
     if not rows:
         print(f"no results stored under {sweep.path('results')}", flush=True)
@@ -206,13 +208,15 @@ def run_sweep(sweep: Sweep, specs: list[TrialSpec], layouts: dict[str, Callable]
     return len(failed) or (0 if rows else 1)  # a sweep with nothing stored has not succeeded
 
 
-def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None) -> list:
+def _tune(sweep: Sweep, specs: list[TrialSpec], max_concurrent: int | None, setup=()) -> list:
     connect(specs[0].train["ray_log_level"])  # as the training job does
     fs, root = resolve(sweep.storage_path, sweep.storage)
     concurrent = max_concurrent or _fitting_now(specs[0].train)  # refused before specs.json is written
     pending = _pending(sweep, specs)
     if not pending:
         return []
+    for step in setup:
+        step()
     print(f"sweep {sweep.uri}: {len(pending)} trials to run, up to {concurrent or 'all'} at a time", flush=True)
     tuner = tune.Tuner(
         tune.with_resources(trial, {"cpu": TRIAL_CPUS}),

@@ -25,7 +25,8 @@ mixes both in the proportion of the training manifest.
 On an embedded set without --weights (the no-argument run) the labels are
 drawn from the target half of the classes and both methods fine-tune a
 model trained on the source half (`transfer`), standing in for SwAV's: 10
-epochs at 112 px, batch 12, lr 0.01, × 0.1 after epoch 8.
+epochs at 112 px, batch 12, lr 0.01, × 0.1 after epoch 8. A --labels-file
+there names images of the target half (the sweep's labels/labeled.txt does).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def parse(argv: list[str] | None = None) -> Request:
     p.add_argument("--seeds", help="one baseline and one CGC trial per seed (default 0; 0,1,2 on the embedded set)")
     p.add_argument("--lam", type=float, default=0.25)
     transfer.add_flags(p)
-    return cli.parse_request(p, argv, AUTHORS, embedded_preset=transfer.preset(epochs=10, batch_size=12, milestone=8))
+    req = cli.parse_request(p, argv, AUTHORS, embedded_preset=transfer.preset(epochs=10, batch_size=12, milestone=8))
+    transfer.check_flags(req.args, [req.base.dataset], req.base)
+    return req
 
 
 def run(req: Request) -> int:
@@ -68,7 +71,7 @@ def trials(req: Request, sw: runner.Sweep) -> list[runner.TrialSpec]:
     episodes.write_split_file(pool, labeled, sw.path("labels", "labeled.txt"), sw.storage)
     manifests = {"baseline": episodes.subset(pool, labeled, f"{pool.split}-labeled"),
                  "cgc": episodes.semisup_train(pool, labeled, args.unlabeled_per_labeled, args.split_seed)}
-    if base.weights:
+    if base.weights and not transfer.applies(args, req.base):  # the source model's backbone has no head already
         base = dataclasses.replace(base, weights=backbone_only(base.weights, base.arch, sw.path("init", "backbone.pt"),
                                                                sw.storage))
     specs = []
@@ -88,5 +91,5 @@ def _labeled(args, pool, base, sw):
     """The labeled rows (from the file, else drawn) and how the table names them."""
     if args.labels_file:
         return episodes.match_labeled(pool, episodes.read_split_file(args.labels_file, sw.storage)), "file"
-    percent = args.percent or (10.0 if base.dataset == "embedded" else 1.0)
+    percent = args.percent or (10.0 if base.dataset in EMBEDDED else 1.0)
     return episodes.draw_labeled(pool, percent / 100, args.split_seed), f"{percent:g}%"

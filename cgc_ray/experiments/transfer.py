@@ -9,7 +9,8 @@ with the default run's schedule, keep its backbone (the head is dropped), and
 fine-tune it on the *target half* (the other classes, labels renumbered from
 0). Validation is the target half of the validation split, whose images have
 boxes, so CH is scored. The source model is trained once a sweep, under
-<sweep>/source/, and reused when the sweep is re-run or grown.
+<sweep>/source/ (its backbone named by its epochs), after the request has
+been checked against a stored sweep, and reused when the sweep is re-run or grown.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from ..data.embedded import DATASETS as EMBEDDED
 from ..data.manifest import Manifest
 from ..data.manifest import write as write_manifest
 from ..data.storage import StorageOptions, exists, write_bytes
-from ..train.config import TrainConfig
+from ..train.config import ConfigError, TrainConfig
 from . import cli, runner
 
 # The source model: the no-argument run's schedule (config.LAPTOP), cross-entropy only; `source_config`
 # warms up over the first epoch and drops the lr x 0.1 for the last.
-SOURCE = dict(epochs=5, batch_size=32, lr=0.1, lr_reference_batch=256, val_batches=None)
+SOURCE = dict(epochs=5, batch_size=32, lr=0.1, lr_reference_batch=256, momentum=0.9, weight_decay=1e-4,
+              lr_gamma=0.1, head_lr=None, val_batches=None)
 # The trials' fine-tuning on the target half (a job's own preset adds epochs and batch): 112 px as the
 # default run (a 4x4 Grad-CAM map), lr 0.01 at the given batch. Two workers at 0.45 CPU as jobs/miniature.py:
 # a trial's share (0.01) and its input's CPU fit beside them on 2 cores (a single worker would train on one
@@ -71,15 +73,29 @@ def add_flags(p) -> None:
                    help="on an embedded set without --weights: no source model, the trials start from random weights")
 
 
+def check_flags(args, datasets: list[str], base: TrainConfig) -> None:
+    """--source-epochs and --from-scratch only where a source model would be trained."""
+    where = all(d in EMBEDDED for d in datasets) and base.weights is None
+    if args.source_epochs is not None and (args.source_epochs < 1 or args.from_scratch or not where):
+        raise ConfigError(f"--source-epochs {args.source_epochs}: must be >= 1, and only for the source model "
+                          "of an embedded set without --weights or --from-scratch")
+    if args.from_scratch and not where:
+        raise ConfigError("--from-scratch: only on an embedded set without --weights (elsewhere no source model "
+                          "is trained)")
+
+
 def applies(args, cfg: TrainConfig) -> bool:
-    """The jobs' default on an embedded set without --weights (unless --from-scratch)."""
-    return cfg.dataset in EMBEDDED and cfg.weights is None and not args.from_scratch
+    """The jobs' default on an embedded set without --weights, --train-manifest,
+    --val-manifest or --from-scratch."""
+    return (cfg.dataset in EMBEDDED and cfg.weights is None and not args.from_scratch
+            and cfg.train_manifest is None and cfg.val_manifest is None)
 
 
 def start(req: cli.Request, sw: runner.Sweep, cfg: TrainConfig) -> TrainConfig:
     """cfg on the target half from the source model's backbone where `applies`
-    (else cfg as it is): writes the halves' manifests under <sweep>/source/ and
-    trains the source model unless its backbone is stored there."""
+    (else cfg as it is). Writes the halves' manifests under <sweep>/source/;
+    training the source model, unless its backbone is stored, is added to
+    `req.setup` (done once the sweep's request is checked)."""
     if not applies(req.args, cfg):
         return cfg
     uris, halves = {}, {}
@@ -88,24 +104,32 @@ def start(req: cli.Request, sw: runner.Sweep, cfg: TrainConfig) -> TrainConfig:
         for part, m in zip(("source", "target"), halves[split]):
             uris[split, part] = sw.path("source", f"{cfg.dataset}-{split}-{part}.parquet")
             write_manifest(m, uris[split, part], sw.storage)
-    weights = sw.path("source", f"{cfg.dataset}-backbone.pt")
-    if not exists(weights, sw.storage):
+    source_cfg = source_config(req, cfg, uris[cfg.train_split, "source"], uris[cfg.val_split, "source"], sw)
+    weights = sw.path("source", f"{cfg.dataset}-source-{source_cfg.epochs}ep-backbone.pt")
+
+    def train_source():
+        if exists(weights, sw.storage):
+            return
         source, target = halves[cfg.train_split]
         print(f"training the source model on classes {', '.join(source.classes)}; the trials fine-tune it on "
               f"{', '.join(target.classes)}", flush=True)
-        source_cfg = source_config(req, cfg, uris[cfg.train_split, "source"], uris[cfg.val_split, "source"], sw)
         export_backbone(_train(source_cfg)["checkpoint"], weights, sw.storage)
+
+    req.setup.append(train_source)
     return dataclasses.replace(cfg, weights=weights, train_manifest=uris[cfg.train_split, "target"],
                                val_manifest=uris[cfg.val_split, "target"])
 
 
 def source_config(req: cli.Request, cfg: TrainConfig, train: str, val: str, sw: runner.Sweep) -> TrainConfig:
-    """The job's training options with the source schedule (SOURCE) over
-    them; --source-epochs sets its length."""
+    """The source schedule (SOURCE; --source-epochs sets its length) over the
+    job's other training options (--arch, --image-size, resources, ...); the
+    batch rounded down to a multiple of the workers."""
     epochs = req.args.source_epochs or SOURCE["epochs"]
-    return dataclasses.replace(cfg, **SOURCE | {"epochs": epochs}, warmup_epochs=1.0 if epochs > 1 else 0.0,
+    batch = max(cfg.num_workers, SOURCE["batch_size"] - SOURCE["batch_size"] % cfg.num_workers)
+    return dataclasses.replace(cfg, **SOURCE | {"epochs": epochs, "batch_size": batch},
+                               warmup_epochs=1.0 if epochs > 1 else 0.0,
                                lr_milestones=str(epochs - 1) if epochs > 1 else None, train_manifest=train,
-                               val_manifest=val, explain_images=0, name=f"{cfg.dataset}-source",
+                               val_manifest=val, explain_images=0, name=f"{cfg.dataset}-source-{epochs}ep",
                                storage_path=sw.path("source", "runs")).with_objective(recipe="baseline")
 
 
