@@ -4,12 +4,13 @@ The rows are shuffled each epoch (every execution of the dataset) from a base
 seed; a Ray Train `TorchTrainer` splits the dataset into equal shards per
 worker (`get_dataset_shard`), so DDP ranks always see the same number of
 batches. The augmentations of a decode batch are drawn from the seed and the
-batch's images in order (`batch_rng`): the same seed, data and cluster give the
-same views each epoch. With `deterministic` the execution also keeps the
+batch's images in order (`batch_rng`): the same seed, data and cluster give
+the same views each epoch. With `deterministic` the execution also keeps the
 order of its blocks, which makes Ray Data's split across workers
-deterministic too (it ignores locality then): a run is repeatable. Unreadable images are skipped, logged and counted in a ledger actor
-(each distinct file once, however many epochs meet it); past `max_bad_images`
-the epoch fails with a message that says so.
+deterministic too (it ignores locality then): a run is repeatable.
+Unreadable images are skipped, logged and counted in a ledger actor (each
+distinct file once, however many epochs meet it); past `max_bad_images` the
+epoch fails with a message that says so.
 
 The object-store footprint is capped by `object_store_limit` (bytes) through
 the execution options that Ray Train applies to the dataset shards
@@ -268,10 +269,11 @@ def val_dataset(manifest_uri: str, settings: DataSettings, part: tuple[int, int]
 def data_config(settings: DataSettings) -> "ray.train.DataConfig":
     """Ray Train's dataset config: split every dataset equally, with the
     object-store cap applied to the shards' execution, and the block order
-    kept with `deterministic` (Ray Data's split is then deterministic). The options are what
-    the DataContext sets, as `DataConfig.default_ingest_options()` copies them,
-    but the deprecated `exclude_resources` only where it was set (copying the
-    default warns on every run)."""
+    kept with `deterministic` (Ray Data's split is then deterministic). The
+    options are what the DataContext sets, as
+    `DataConfig.default_ingest_options()` copies them, but the deprecated
+    `exclude_resources` only where it was set (copying the default warns on
+    every run)."""
     from ray.train import DataConfig  # noqa: PLC0415: Ray Train only where a trainer is built
 
     current = ray.data.DataContext.get_current().execution_options

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..data.manifest import write as write_manifest
 from ..data.embedded import DATASETS as EMBEDDED
 from ..data.manifest import read as read_manifest
+from ..data.manifest import write as write_manifest
 from . import cli, episodes, runner, tables, transfer
 from .cli import Request
 from .weights import backbone_only
